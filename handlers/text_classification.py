@@ -1,0 +1,206 @@
+"""Text classification for every sequence-classification model of this project, as TorchServe serves it.
+
+The archive describes itself: ``config.json`` carries ``id2label``, the tokenizer files sit beside the weights,
+and ``model-config.yaml``'s ``handler:`` section carries the settings read by :func:`settings_from`. These are the
+pure functions; ``text_classifier_handler.py`` is the thin TorchServe class over them. Unit tests call them directly.
+
+Request body (one per TorchServe request; a batch holds up to ``batchSize`` of them):
+  * JSON ``{"text": "..."}`` -> one prediction object;
+  * JSON ``{"texts": ["...", ...]}`` -> a list of prediction objects, in order;
+  * a raw UTF-8 body with any non-JSON content type -> one prediction object.
+A prediction object is ``{"label": <top label>, "probabilities": {<label>: <p>, ...}}``. A request that cannot be
+read answers 400 with ``{"error": ..., "type": "invalid_input"}`` and never affects its neighbours in the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+QUANTIZATION_SCHEMES = ("per_channel", "per_tensor")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Per-archive settings, from the ``handler:`` section of ``model-config.yaml``."""
+
+    max_length: int = 128  # tokens kept per text; longer texts are truncated, not rejected
+    num_threads: int = 1  # torch intra-op threads per worker; workers x threads should not exceed the cores
+    quantize: bool = True  # int8 dynamic quantization of nn.Linear on CPU (ignored on CUDA, which uses fp16)
+    quantization: str = "per_channel"  # weight observer: "per_channel" (default) or "per_tensor"
+    keep_fp32: tuple[str, ...] = ()  # module-name prefixes left in fp32 (e.g. "classifier")
+    max_texts: int = 64  # texts per request
+    max_chars: int = 20_000  # characters per text
+    warmup: bool = True  # one forward pass at load time, so the first request is not slow
+
+
+def settings_from(raw: Mapping[str, Any] | None) -> Settings:
+    """Validate a ``handler:`` mapping into :class:`Settings`; unknown keys and wrong types raise ``ValueError``."""
+    raw = dict(raw or {})
+    known = {f.name: f for f in fields(Settings)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"unknown handler setting(s) {unknown}; expected some of {sorted(known)}")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        default = getattr(Settings, name)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        elif isinstance(default, tuple):
+            ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+            value = tuple(value) if ok else value
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ValueError(f"handler setting {name}={value!r} has the wrong type (default is {default!r})")
+        values[name] = value
+    settings = Settings(**values)
+    if settings.quantization not in QUANTIZATION_SCHEMES:
+        raise ValueError(f"quantization must be one of {QUANTIZATION_SCHEMES}, not {settings.quantization!r}")
+    return settings
+
+
+class BadRequest(ValueError):
+    """A request this handler cannot read; answered with 400 for that request only."""
+
+
+@dataclass(frozen=True)
+class Parsed:
+    texts: list[str]
+    many: bool  # the request used "texts" and gets a list back
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _check_text(value: object, where: str, settings: Settings) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{where} must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise BadRequest(f"{where} is empty")
+    if len(value) > settings.max_chars:
+        raise BadRequest(f"{where} has {len(value)} characters; the limit is {settings.max_chars}")
+    return value
+
+
+def read_texts(body: object, content_type: str | None, *, settings: Settings) -> Parsed:
+    """Turn one request body (as TorchServe hands it over) into texts, or raise :class:`BadRequest`."""
+    if isinstance(body, bytes | bytearray):
+        try:
+            body = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest("the body is not valid UTF-8") from exc
+    if isinstance(body, str) and _is_json(content_type):
+        try:
+            body = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise BadRequest("the body is not valid JSON") from exc
+    elif isinstance(body, str):
+        return Parsed(texts=[_check_text(body, "the text body", settings)], many=False)
+    if not isinstance(body, dict):
+        raise BadRequest('the JSON body must be an object: {"text": "..."} or {"texts": ["...", ...]}')
+    keys = set(body)
+    if keys == {"text"}:
+        return Parsed(texts=[_check_text(body["text"], '"text"', settings)], many=False)
+    if keys == {"texts"}:
+        texts = body["texts"]
+        if not isinstance(texts, list) or not texts:
+            raise BadRequest('"texts" must be a non-empty list of strings')
+        if len(texts) > settings.max_texts:
+            raise BadRequest(f'"texts" has {len(texts)} items; the limit is {settings.max_texts}')
+        return Parsed(texts=[_check_text(t, f'"texts"[{i}]', settings) for i, t in enumerate(texts)], many=True)
+    raise BadRequest('the JSON body must have exactly one key, "text" or "texts"')
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    labels: list[str]  # index -> label name, from config.json's id2label
+    device: torch.device
+
+
+def labels_of(config: Any) -> list[str]:
+    id2label = {int(k): str(v) for k, v in config.id2label.items()}
+    if sorted(id2label) != list(range(len(id2label))):
+        raise ValueError(f"id2label must map 0..N-1, got {sorted(id2label)}")
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def quantize(model: nn.Module, *, scheme: str = "per_channel", keep_fp32: Sequence[str] = ()) -> nn.Module:
+    """int8 dynamic quantization of the ``nn.Linear`` layers (weights int8, activations quantized per batch).
+
+    The one place that knows the quantization API: a move to torchao changes only this function.
+    """
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = per_channel_dynamic_qconfig if scheme == "per_channel" else default_dynamic_qconfig
+    spec = {
+        name: qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not any(name.startswith(p) for p in keep_fp32)
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the eager-mode quantization API is deprecated in favour of torchao
+        return quantize_dynamic(model, spec, dtype=torch.qint8)
+
+
+def pick_device(gpu_id: int | None) -> torch.device:
+    if gpu_id is not None and torch.cuda.is_available():
+        return torch.device("cuda", gpu_id)
+    return torch.device("cpu")
+
+
+def load(model_dir: str | Path, *, settings: Settings, device: torch.device | None = None) -> Loaded:
+    """Load tokenizer and model from a ``save_pretrained`` directory, ready for :func:`predict`."""
+    device = device or torch.device("cpu")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    model.eval()
+    if device.type == "cuda":
+        model = model.half().to(device)
+    else:
+        torch.set_num_threads(settings.num_threads)
+        if settings.quantize:
+            model = quantize(model, scheme=settings.quantization, keep_fp32=settings.keep_fp32)
+    return Loaded(model=model, tokenizer=tokenizer, labels=labels_of(model.config), device=device)
+
+
+def predict(loaded: Loaded, texts: Sequence[str], *, max_length: int) -> torch.Tensor:
+    """Probabilities, shape ``(len(texts), n_labels)``: one tokenizer call padded to the longest text, one forward."""
+    batch = loaded.tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    ).to(loaded.device)
+    with torch.inference_mode():
+        logits = loaded.model(**batch).logits
+    return torch.softmax(logits.float(), dim=-1).cpu()
+
+
+def to_response(probs: torch.Tensor, labels: Sequence[str]) -> list[dict[str, Any]]:
+    """One ``{"label", "probabilities"}`` object per row of ``probs``."""
+    top = probs.argmax(dim=-1).tolist()
+    return [
+        {"label": labels[best], "probabilities": dict(zip(labels, row, strict=True))}
+        for best, row in zip(top, probs.tolist(), strict=True)
+    ]
+
+
+def error_body(message: str, kind: str) -> str:
+    return json.dumps({"error": message, "type": kind})

@@ -1,0 +1,49 @@
+"""Tiny, randomly initialised BERT classifiers written to disk as ``save_pretrained`` directories (no hub)."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+COLA_LABELS = ("unacceptable", "acceptable")
+SENTIMENT_LABELS = ("negative", "neutral", "positive")
+
+_WORDS = (
+    "i you he she it we they is are was were be been a an the boy girl dog cat book app good bad great terrible "
+    "love hate use this that not very so and or but to of in on for with my your their review works crashes "
+    "update please fix time day friend analysis one more giving up"
+).split()
+
+
+def write_vocab(path: Path) -> Path:
+    """A small uncased WordPiece vocabulary: special tokens, characters, ``##`` pieces and a few words."""
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars), *_WORDS]
+    path.write_text("\n".join(dict.fromkeys(tokens)) + "\n")
+    return path
+
+
+def make_tiny_classifier(out_dir: Path, labels: tuple[str, ...], *, seed: int = 0) -> Path:
+    """Save a 2-layer, 32-wide BERT classifier with ``id2label`` and its tokenizer into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = write_vocab(out_dir / "vocab.txt")
+    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        initializer_range=0.2,  # large random weights, so different texts get clearly different outputs
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    model = BertForSequenceClassification(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,140 @@
+"""Gateway settings: one typed class read from ``GATEWAY_*`` environment variables (or a ``.env``-free override).
+
+Every field is described; a bad value fails :func:`load_settings` (called by the app factory at start-up) with a
+message naming the environment variable, never later at request time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AnyHttpUrl, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "GATEWAY_"
+MODEL_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+
+# Limits of the handler (handlers/text_classification.py, Settings): the gateway must never be looser.
+HANDLER_MAX_CHARS = 20_000
+HANDLER_MAX_TEXTS = 64
+# TorchServe's max_request_size (config.properties): what the gateway forwards must fit in it.
+TORCHSERVE_MAX_REQUEST_BYTES = 1_048_576
+
+Seconds = Annotated[float, Field(gt=0, le=600)]
+
+
+class SettingsError(RuntimeError):
+    """The environment holds a missing or bad ``GATEWAY_*`` value; the message names each one."""
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads from its environment (prefix ``GATEWAY_``, e.g. ``GATEWAY_READ_TIMEOUT_S=20``)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True)
+
+    inference_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("http://127.0.0.1:8080"), description="TorchServe inference API base URL."
+    )
+    management_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("http://127.0.0.1:8081"),
+        description="TorchServe management API base URL (readiness: worker status; renewing expired keys).",
+    )
+    key_file: Path = Field(
+        default=REPO / "run" / "torchserve" / "key_file.json",
+        description="TorchServe's key_file.json (keys 'inference', 'management', 'API'); a relative path is taken "
+        "from the repository root. It may be missing at start-up: requests answer 503 until TorchServe writes it.",
+    )
+    generate_model: str = Field(
+        default="cola", pattern=MODEL_NAME, description="TorchServe model behind POST /generate (labels must "
+        "include 'acceptable')."
+    )  # fmt: skip
+    predict_model: str = Field(
+        default="sentiment", pattern=MODEL_NAME, description="TorchServe model behind POST /predict (labels "
+        "'negative', 'neutral', 'positive')."
+    )  # fmt: skip
+    max_text_chars: int = Field(
+        default=5_000,
+        ge=1,
+        le=HANDLER_MAX_CHARS,
+        description="Characters per text (passage). The handler keeps 128 tokens (~500-1000 characters) and "
+        "truncates the rest, so 5000 leaves room for any real sentence or review while bounding the work; must be "
+        f"<= the handler's max_chars ({HANDLER_MAX_CHARS}).",
+    )
+    max_batch_items: int = Field(
+        default=64,
+        ge=1,
+        le=HANDLER_MAX_TEXTS,
+        description=f"Texts per batch request; must be <= the handler's max_texts ({HANDLER_MAX_TEXTS}).",
+    )
+    max_body_bytes: int = Field(
+        default=1_000_000,
+        ge=1_024,
+        le=TORCHSERVE_MAX_REQUEST_BYTES,
+        description="Request bodies over this many bytes answer 413 before they are parsed. Must be <= "
+        "TorchServe's max_request_size (1 MiB): the body forwarded is never larger than the one received.",
+    )
+    connect_timeout_s: Seconds = Field(
+        default=2.0, description="Opening a connection to TorchServe (loopback); past it -> 503 + Retry-After."
+    )
+    read_timeout_s: Seconds = Field(
+        default=35.0,
+        description="Waiting for TorchServe's answer; past it -> 504. Above TorchServe's responseTimeout (30 s), so "
+        "a stuck worker is reported by TorchServe itself first; below the 60 s that proxies and most clients wait, "
+        "so the client gets the 504 rather than a dropped connection.",
+    )
+    write_timeout_s: Seconds = Field(default=5.0, description="Sending one request body to TorchServe.")
+    pool_timeout_s: Seconds = Field(
+        default=2.0, description="Waiting for a free pooled connection; past it -> 503 (gateway saturated)."
+    )
+    max_connections: int = Field(
+        default=64, ge=1, le=1_000, description="Pooled connections to TorchServe (per gateway worker process)."
+    )
+    retry_after_s: int = Field(
+        default=5, ge=1, le=3_600, description="Retry-After (seconds) sent with every 503 answer."
+    )
+    key_refresh_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=30,
+        description="After TorchServe rejects a key, how long to poll the key file for a new one (TorchServe "
+        "switches keys in memory before it rewrites the file) before the single retry.",
+    )
+    renew_expired_keys: bool = Field(
+        default=True,
+        description="When the key in the file has itself expired (TorchServe keys live token_expiration_min, 60 "
+        "min), ask TorchServe for a new one (POST /token with the API key) instead of failing every request.",
+    )
+
+    @field_validator("key_file")
+    @classmethod
+    def _from_repo_root(cls, value: Path) -> Path:
+        return value if value.is_absolute() else REPO / value
+
+    @model_validator(mode="after")
+    def _distinct_models(self) -> Settings:
+        if self.generate_model == self.predict_model:
+            raise ValueError("generate_model and predict_model must name different models")
+        return self
+
+    @property
+    def inference_base(self) -> str:
+        return str(self.inference_url).rstrip("/")
+
+    @property
+    def management_base(self) -> str:
+        return str(self.management_url).rstrip("/")
+
+
+def load_settings() -> Settings:
+    """Read :class:`Settings` from the environment; raise :class:`SettingsError` naming every bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            field = ".".join(str(part) for part in error["loc"])
+            where = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+            problems.append(f"{where}: {error['msg']}")
+        raise SettingsError("invalid gateway settings: " + "; ".join(problems)) from None

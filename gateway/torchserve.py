@@ -1,0 +1,225 @@
+"""The TorchServe client: one inference request per gateway request, Bearer keys from the key file, and one
+error-translation boundary (:func:`translate_errors`) around every call.
+
+The mapping, in one place (docs/gateway.md repeats it):
+
+=======================================================  ======================================
+TorchServe / transport                                   gateway answer
+=======================================================  ======================================
+connection refused / reset, connect timeout              503 ``unavailable`` + Retry-After
+no free pooled connection in time                        503 ``unavailable`` + Retry-After
+key file missing or key still rejected after one retry   503 ``unavailable`` + Retry-After
+503 (no worker, queue full)                              503 ``unavailable`` + Retry-After
+404 for the default version (model not registered)       503 ``unavailable`` + Retry-After
+404 for a pinned version                                 404 ``model_version_not_found``
+413 (over TorchServe's max_request_size)                 413 ``payload_too_large``
+other 4xx (the handler's 400 for a bad text)             422 ``invalid_input`` with its message
+read / write timeout, 504                                504 ``timeout``
+other 5xx, unreadable answer                             502 ``bad_gateway``
+=======================================================  ======================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.errors import (
+    BadGateway,
+    GatewayError,
+    InvalidInput,
+    ModelVersionNotFound,
+    PayloadTooLarge,
+    Unavailable,
+    UpstreamTimeout,
+)
+from gateway.keys import KeyFile, KeyFileError, KeyKind
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+KEY_POLL_S = 0.05
+MAX_MESSAGE_CHARS = 300
+
+
+class UpstreamStatusError(Exception):
+    """TorchServe answered with an error status; carries what :func:`translate_errors` needs to map it."""
+
+    def __init__(self, response: httpx.Response, *, model: str, version: str | None) -> None:
+        super().__init__(f"TorchServe answered {response.status_code}")
+        self.status = response.status_code
+        self.kind, self.message = _error_of(response)
+        self.model = model
+        self.version = version
+
+
+def _error_of(response: httpx.Response) -> tuple[str, str]:
+    """``(type, message)`` of an error answer: TorchServe's ``{"code","type","message"}`` or the handler's
+    ``{"error","type"}``; never more than a few hundred characters."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return "", response.text[:MAX_MESSAGE_CHARS]
+    if not isinstance(body, dict):
+        return "", str(body)[:MAX_MESSAGE_CHARS]
+    message = body.get("error") or body.get("message") or ""
+    return str(body.get("type", "")), str(message)[:MAX_MESSAGE_CHARS]
+
+
+def is_invalid_key(response: httpx.Response) -> bool:
+    """TorchServe answers a missing, expired or rotated key with 400 ``InvalidKeyException`` (not 401)."""
+    return response.status_code in (400, 401) and b"InvalidKey" in response.content
+
+
+@asynccontextmanager
+async def translate_errors(*, retry_after_s: int) -> AsyncIterator[None]:
+    """The one boundary: every TorchServe call runs inside it and leaves it only as a :mod:`gateway.errors` error."""
+    try:
+        yield
+    except UpstreamStatusError as exc:
+        status, what = exc.status, f"model {exc.model!r}"
+        if exc.kind == "InvalidKeyException":
+            raise Unavailable("TorchServe rejected the gateway's key", retry_after_s=retry_after_s) from exc
+        if status == 404 and exc.version is not None:
+            raise ModelVersionNotFound(f"{what} has no version {exc.version!r}") from exc
+        if status == 404:
+            raise Unavailable(f"{what} is not registered in TorchServe", retry_after_s=retry_after_s) from exc
+        if status == 413:
+            raise PayloadTooLarge(f"TorchServe refused the request as too large: {exc.message}") from exc
+        if status == 503:
+            raise Unavailable(f"{what} cannot serve now: {exc.message}", retry_after_s=retry_after_s) from exc
+        if status == 504:
+            raise UpstreamTimeout(f"{what} did not answer in time: {exc.message}") from exc
+        if 400 <= status < 500:
+            raise InvalidInput(exc.message or f"TorchServe refused the input ({status})") from exc
+        raise BadGateway(f"TorchServe failed ({status}): {exc.message}") from exc
+    except KeyFileError as exc:
+        raise Unavailable(str(exc), retry_after_s=retry_after_s) from exc
+    except httpx.PoolTimeout as exc:
+        raise Unavailable("the gateway is saturated: no free connection", retry_after_s=retry_after_s) from exc
+    except httpx.ConnectTimeout as exc:
+        raise Unavailable("TorchServe is not reachable (connect timeout)", retry_after_s=retry_after_s) from exc
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout("TorchServe did not answer in time") from exc
+    except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:  # refused, reset, closed mid-answer
+        raise Unavailable(f"TorchServe is not reachable ({type(exc).__name__})", retry_after_s=retry_after_s) from exc
+    except httpx.HTTPError as exc:
+        raise BadGateway(f"TorchServe call failed ({type(exc).__name__})") from exc
+
+
+@dataclass(frozen=True)
+class Prediction:
+    body: Any  # the handler's JSON: one {"label", "probabilities"} object, or a list of them
+    version: str | None  # X-Model-Version as TorchServe answered it
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    ready: bool
+    detail: str  # "READY", or why not
+
+
+class TorchServeClient:
+    """Calls TorchServe over one shared pooled :class:`httpx.AsyncClient` (owned by the app's lifespan)."""
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.http = http
+        self.keys = KeyFile(settings.key_file)
+        self._renew_lock = asyncio.Lock()
+
+    def boundary(self) -> Any:
+        return translate_errors(retry_after_s=self.settings.retry_after_s)
+
+    async def predict(self, model: str, payload: dict[str, Any], *, version: str | None = None) -> Prediction:
+        """POST one request to ``/predictions/{model}[/{version}]``; the answer's JSON and model version."""
+        path = f"/predictions/{model}" + (f"/{version}" if version else "")
+        async with self.boundary():
+            response = await self._send(
+                "POST",
+                f"{self.settings.inference_base}{path}",
+                kind="inference",
+                content=orjson.dumps(payload),
+                headers={"Content-Type": "application/json"},
+            )
+            if response.status_code != 200:
+                raise UpstreamStatusError(response, model=model, version=version)
+            try:
+                body = orjson.loads(response.content)
+            except orjson.JSONDecodeError as exc:
+                raise BadGateway(f"TorchServe answered non-JSON for model {model!r}") from exc
+        return Prediction(body=body, version=response.headers.get("X-Model-Version") or version)
+
+    async def model_status(self, model: str) -> ModelStatus:
+        """Readiness of the default version of ``model``: a READY worker in ``GET /models/{model}``."""
+        try:
+            async with self.boundary():
+                response = await self._send("GET", f"{self.settings.management_base}/models/{model}", kind="management")
+                if response.status_code != 200:
+                    raise UpstreamStatusError(response, model=model, version=None)
+                described = orjson.loads(response.content)
+        except GatewayError as exc:
+            return ModelStatus(ready=False, detail=exc.message)
+        except orjson.JSONDecodeError:
+            return ModelStatus(ready=False, detail="unreadable management answer")
+        workers = [w for entry in described if isinstance(entry, dict) for w in entry.get("workers", [])]
+        if any(isinstance(w, dict) and w.get("status") == "READY" for w in workers):
+            return ModelStatus(ready=True, detail="READY")
+        return ModelStatus(ready=False, detail=f"no READY worker ({len(workers)} worker(s))")
+
+    async def _send(self, method: str, url: str, *, kind: KeyKind, **kwargs: Any) -> httpx.Response:
+        """Send with the cached key; on TorchServe's invalid-key answer fetch a fresh key and retry exactly once."""
+        headers = dict(kwargs.pop("headers", {}))
+        key = self.keys.get(kind).value
+        headers["Authorization"] = f"Bearer {key}"
+        response = await self.http.request(method, url, headers=headers, **kwargs)
+        if not is_invalid_key(response):
+            return response
+        fresh = await self._fresh_key(kind, rejected=key)
+        log.info("TorchServe rejected the %s key; retrying once with the key re-read from the file", kind)
+        headers["Authorization"] = f"Bearer {fresh}"
+        return await self.http.request(method, url, headers=headers, **kwargs)
+
+    async def _fresh_key(self, kind: KeyKind, *, rejected: str) -> str:
+        """Poll the key file (briefly) for a key other than ``rejected``; renew it when the file's key has expired."""
+        deadline = time.monotonic() + self.settings.key_refresh_wait_s
+        renewed = False
+        while True:
+            try:
+                key = self.keys.reload(kind)
+            except KeyFileError:
+                if time.monotonic() >= deadline:
+                    raise
+            else:
+                if key.value != rejected:
+                    return key.value
+                if key.expired() and self.settings.renew_expired_keys and not renewed:
+                    await self._renew(kind, rejected=rejected)
+                    renewed = True
+                    continue
+                if time.monotonic() >= deadline:
+                    return key.value  # the retry will be rejected too and answer 503
+            await asyncio.sleep(KEY_POLL_S)
+
+    async def _renew(self, kind: KeyKind, *, rejected: str) -> None:
+        """``POST /token?type=<kind>`` with the API key: TorchServe makes a new key and rewrites the file."""
+        async with self._renew_lock:
+            if self.keys.reload(kind).value != rejected:
+                return  # renewed meanwhile (by this process or another one)
+            api_key = self.keys.reload("API").value
+            log.info("the %s key in %s has expired; asking TorchServe for a new one", kind, self.keys.path)
+            response = await self.http.post(
+                f"{self.settings.management_base}/token",
+                params={"type": kind},
+                headers={"Authorization": f"Bearer {api_key}"},
+            )
+            if response.status_code != 200:
+                log.warning("renewing the %s key failed: TorchServe answered %d", kind, response.status_code)

@@ -1,0 +1,75 @@
+"""The app factory. ``uvicorn --factory gateway.app:create_app`` calls :func:`create_app` with no argument, which reads
+the settings from the environment; tests pass settings and a fake upstream transport.
+
+The lifespan owns the one pooled :class:`httpx.AsyncClient` (explicit timeouts and limits) and hands the
+:class:`~gateway.torchserve.TorchServeClient` to requests through the lifespan state (``request.state.torchserve``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.errors import GatewayError, handle_error
+from gateway.metrics import Metrics, MetricsMiddleware
+from gateway.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from gateway.routes import build_router
+from gateway.settings import Settings, load_settings
+from gateway.torchserve import TorchServeClient
+
+log = logging.getLogger("gateway")
+
+
+def http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The one pooled client to TorchServe: explicit timeouts, bounded pool, no proxies from the environment."""
+    limits = httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections)
+    timeout = httpx.Timeout(
+        connect=settings.connect_timeout_s,
+        read=settings.read_timeout_s,
+        write=settings.write_timeout_s,
+        pool=settings.pool_timeout_s,
+    )
+    return httpx.AsyncClient(
+        transport=transport or httpx.AsyncHTTPTransport(limits=limits, retries=0),
+        limits=limits,
+        timeout=timeout,
+        trust_env=False,
+    )
+
+
+def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """Build the gateway. ``transport`` replaces the network below the HTTP client (tests: ``httpx.MockTransport``)."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with http_client(settings, transport) as http:
+            log.info(
+                "gateway up: TorchServe %s (management %s), models generate=%s predict=%s, key file %s",
+                settings.inference_base, settings.management_base, settings.generate_model, settings.predict_model,
+                settings.key_file,
+            )  # fmt: skip
+            yield {"torchserve": TorchServeClient(settings, http)}
+
+    app = FastAPI(
+        title="Text classification gateway",
+        summary="CoLA acceptability (/generate) and review sentiment (/predict), served by TorchServe.",
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_class, handle_error)
+    app.include_router(build_router(settings))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: sees every answer
+    return app

@@ -1,0 +1,171 @@
+"""The gateway's endpoints. Each inference route validates its body (the request models carry the limits), sends
+exactly one request to TorchServe and maps the handler's answer to the legacy contract by label name.
+
+No ``from __future__ import annotations`` here: FastAPI reads these signatures at runtime, and the request models
+are local to :func:`build_router` (they carry the configured limits).
+"""
+
+import asyncio
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
+
+from gateway.errors import Unavailable
+from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.schemas import (
+    VERSION_PATTERN,
+    ErrorResponse,
+    GenerateBatchRequest,
+    GenerateBatchResponse,
+    GenerateRequest,
+    GenerateResponse,
+    HealthResponse,
+    NotReadyResponse,
+    PredictBatchRequest,
+    PredictBatchResponse,
+    PredictRequest,
+    PredictResponse,
+    ReadyResponse,
+    batch_of,
+    request_models,
+)
+from gateway.settings import Settings
+from gateway.torchserve import Prediction, TorchServeClient
+
+MODEL_VERSION_HEADER = "X-Model-Version"
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
+
+ModelVersion = Annotated[
+    str | None,
+    Header(
+        alias=MODEL_VERSION_HEADER,
+        pattern=VERSION_PATTERN,
+        description="Pin a registered model version (e.g. 2.0); omitted: TorchServe's default version. The answer "
+        "carries the version that served it in the same header.",
+        examples=["1.0"],
+    ),
+]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        404: "The pinned model version is not registered.",
+        413: "The body is over the byte limit.",
+        422: "The body is not valid: empty or whitespace-only text, wrong type, extra field, over a limit, bad JSON.",
+        502: "TorchServe failed or answered something unreadable.",
+        503: "TorchServe unreachable, no worker or model not registered; see Retry-After.",
+        504: "TorchServe did not answer in time.",
+    }.items()
+}
+
+
+def _client(request: Request) -> TorchServeClient:
+    client: TorchServeClient = request.state.torchserve
+    return client
+
+
+def _answered(response: Response, prediction: Prediction) -> None:
+    if prediction.version:
+        response.headers[MODEL_VERSION_HEADER] = prediction.version
+
+
+def validated_by(model: type[BaseModel]) -> Callable[[_Endpoint], _Endpoint]:
+    """Let FastAPI validate ``body`` with ``model`` (the request class carrying the configured limits), while the
+    signature keeps the static class of the same name for readers and mypy."""
+
+    def annotate(endpoint: _Endpoint) -> _Endpoint:
+        endpoint.__annotations__["body"] = model
+        return endpoint
+
+    return annotate
+
+
+def build_router(settings: Settings) -> APIRouter:
+    models = request_models(max_chars=settings.max_text_chars, max_items=settings.max_batch_items)
+    router = APIRouter()
+
+    @router.post("/generate", tags=["cola"], responses=ERRORS, summary="P(acceptable) of one passage")
+    @validated_by(models.generate)
+    async def generate(
+        body: GenerateRequest,
+        request: Request,
+        response: Response,
+        version: ModelVersion = None,
+    ) -> GenerateResponse:
+        prediction = await _client(request).predict(settings.generate_model, {"text": body.passage}, version=version)
+        _answered(response, prediction)
+        return GenerateResponse.from_prediction(prediction.body)
+
+    @router.post("/generate/batch", tags=["cola"], responses=ERRORS, summary="P(acceptable) of many passages")
+    @validated_by(models.generate_batch)
+    async def generate_batch(
+        body: GenerateBatchRequest,
+        request: Request,
+        response: Response,
+        version: ModelVersion = None,
+    ) -> GenerateBatchResponse:
+        passages = body.passages
+        prediction = await _client(request).predict(settings.generate_model, {"texts": passages}, version=version)
+        _answered(response, prediction)
+        items = batch_of(prediction.body, len(passages))
+        return GenerateBatchResponse(results=[GenerateResponse.from_prediction(item) for item in items])
+
+    @router.post("/predict", tags=["sentiment"], responses=ERRORS, summary="Sentiment of one text")
+    @validated_by(models.predict)
+    async def predict(
+        body: PredictRequest,
+        request: Request,
+        response: Response,
+        version: ModelVersion = None,
+    ) -> PredictResponse:
+        prediction = await _client(request).predict(settings.predict_model, {"text": body.text}, version=version)
+        _answered(response, prediction)
+        return PredictResponse.from_prediction(prediction.body)
+
+    @router.post("/predict/batch", tags=["sentiment"], responses=ERRORS, summary="Sentiment of many texts")
+    @validated_by(models.predict_batch)
+    async def predict_batch(
+        body: PredictBatchRequest,
+        request: Request,
+        response: Response,
+        version: ModelVersion = None,
+    ) -> PredictBatchResponse:
+        texts = body.texts
+        prediction = await _client(request).predict(settings.predict_model, {"texts": texts}, version=version)
+        _answered(response, prediction)
+        items = batch_of(prediction.body, len(texts))
+        return PredictBatchResponse(results=[PredictResponse.from_prediction(item) for item in items])
+
+    @router.get("/health", tags=["operations"], summary="The gateway process is alive (does not call TorchServe)")
+    async def health() -> HealthResponse:
+        return HealthResponse()
+
+    @router.get(
+        "/ready",
+        tags=["operations"],
+        summary="TorchServe reachable and every model has a READY worker",
+        responses={503: {"model": NotReadyResponse, "description": "Not ready; see Retry-After."}},
+    )
+    async def ready(request: Request) -> JSONResponse:
+        client = _client(request)
+        names = (settings.generate_model, settings.predict_model)
+        statuses = await asyncio.gather(*(client.model_status(name) for name in names))
+        models = {name: status.detail for name, status in zip(names, statuses, strict=True)}
+        if all(status.ready for status in statuses):
+            return JSONResponse(ReadyResponse(ready=True, models=models).model_dump())
+        not_ready = [
+            f"{name}: {status.detail}" for name, status in zip(names, statuses, strict=True) if not status.ready
+        ]
+        body = NotReadyResponse(ready=False, models=models, error="; ".join(not_ready), type="not_ready")
+        headers = Unavailable("", retry_after_s=settings.retry_after_s).headers
+        return JSONResponse(body.model_dump(), status_code=503, headers=headers)
+
+    @router.get("/metrics", tags=["operations"], summary="Prometheus text: the gateway's request counts and latency")
+    async def metrics(request: Request) -> PlainTextResponse:
+        registry: Metrics = request.app.state.metrics
+        return PlainTextResponse(registry.render(), media_type=CONTENT_TYPE)
+
+    return router

@@ -1,0 +1,94 @@
+"""The real gateway served by uvicorn in a background thread on a free loopback port, for integration tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from stack.management import register_store
+from stack.torchserve import CONFIG, Ports, TorchServe
+from tests.conftest import free_port, management_client
+
+
+def settings_for(ts: TorchServe, **overrides: object) -> Settings:
+    """Gateway settings pointing at one TorchServe instance and its key file."""
+    values: dict[str, object] = {
+        "inference_url": ts.inference_url,
+        "management_url": ts.management_url,
+        "key_file": ts.key_file,
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@contextmanager
+def running_gateway(settings: Settings, *, start_timeout: float = 20.0) -> Iterator[str]:
+    """Serve the app (uvloop + httptools, as in production); yield its base URL once /health answers; always stop."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if not thread.is_alive():
+                raise RuntimeError("the gateway thread exited during start-up")
+            try:
+                if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gateway on {base_url} not up after {start_timeout:.0f}s")
+            time.sleep(0.05)
+        yield base_url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout=5)
+
+
+@contextmanager
+def private_torchserve(store: Path, run_dir: Path, *, ports: Ports | None = None) -> Iterator[TorchServe]:
+    """A TorchServe of its own (register the store, wait until every worker is READY), stopped on exit.
+
+    Unlike ``tests.conftest.start_torchserve`` it also gives TorchServe's gRPC servers free ports: their fixed
+    defaults (7070/7071) make a second instance exit at start-up while the shared ``torchserve`` one runs. The
+    config is kept in ``run_dir``, so an instance started again there (same ``ports``) is the same server.
+    """
+    config = run_dir / "base-config.properties"
+    if not config.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        grpc = f"grpc_inference_port={free_port()}\ngrpc_management_port={free_port()}\n"
+        config.write_text(f"{CONFIG.read_text()}\n# --- per-test gRPC ports (tests/gateway/server.py)\n{grpc}")
+    ports = ports or Ports(free_port(), free_port(), free_port())
+    ts = TorchServe(model_store=store, run_dir=run_dir, ports=ports, config=config)
+    ts.start()
+    try:
+        ts.wait_up()
+        management = management_client(ts)
+        management.wait_ready(register_store(management, store))
+        yield ts
+    finally:
+        ts.stop()

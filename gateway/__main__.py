@@ -11,12 +11,22 @@ Settings come from ``GATEWAY_*`` environment variables (docs/gateway.md); a bad 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from gateway.settings import SettingsError, load_settings
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, plus the ``gateway`` loggers (start-up line, upstream failures, key retries) at ``level``."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["gateway"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_header=False,
         timeout_graceful_shutdown=10,
         log_level=args.log_level,
+        log_config=log_config(args.log_level),
     )
     return 0
 

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,7 +136,7 @@ class TorchServeClient:
         self.keys = KeyFile(settings.key_file)
         self._renew_lock = asyncio.Lock()
 
-    def boundary(self) -> Any:
+    def boundary(self) -> AbstractAsyncContextManager[None]:
         return translate_errors(retry_after_s=self.settings.retry_after_s)
 
     async def predict(self, model: str, payload: dict[str, Any], *, version: str | None = None) -> Prediction:

@@ -185,9 +185,9 @@ def load(model_dir: str | Path, *, settings: Settings, device: torch.device | No
 
 def predict(loaded: Loaded, texts: Sequence[str], *, max_length: int) -> torch.Tensor:
     """Probabilities, shape ``(len(texts), n_labels)``: one tokenizer call padded to the longest text, one forward."""
-    batch = loaded.tokenizer(
-        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-    ).to(loaded.device)
+    batch = loaded.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(
+        loaded.device
+    )
     with torch.inference_mode():
         logits = loaded.model(**batch).logits
     return torch.softmax(logits.float(), dim=-1).cpu()

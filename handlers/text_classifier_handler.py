@@ -9,6 +9,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import transformers
+
 from handlers.text_classification import (
     BadRequest,
     Loaded,
@@ -54,6 +56,7 @@ class TextClassifierHandler:
 
     def initialize(self, context: Any) -> None:
         started = time.perf_counter()
+        transformers.utils.logging.disable_progress_bar()  # progress bars in a worker's log are noise
         properties = context.system_properties
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         self.settings = settings_from(yaml_config.get("handler"))
@@ -81,6 +84,7 @@ class TextClassifierHandler:
         for idx, request in enumerate(data):
             for key, value in self.headers.items():
                 context.set_response_header(idx, key, value)
+            context.set_response_header(idx, "X-Batch-Size", str(len(data)))  # requests answered by this forward
             context.set_response_content_type(idx, "application/json")
             try:
                 parsed[idx] = read_texts(_body(request), _header(context, idx, "Content-Type"), settings=self.settings)

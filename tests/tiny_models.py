@@ -11,11 +11,68 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 COLA_LABELS = ("unacceptable", "acceptable")
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
 
-_WORDS = (
-    "i you he she it we they is are was were be been a an the boy girl dog cat book app good bad great terrible "
-    "love hate use this that not very so and or but to of in on for with my your their review works crashes "
-    "update please fix time day friend analysis one more giving up"
-).split()
+_WORDS = [
+    "i",
+    "you",
+    "he",
+    "she",
+    "it",
+    "we",
+    "they",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "a",
+    "an",
+    "the",
+    "boy",
+    "girl",
+    "dog",
+    "cat",
+    "book",
+    "app",
+    "good",
+    "bad",
+    "great",
+    "terrible",
+    "love",
+    "hate",
+    "use",
+    "this",
+    "that",
+    "not",
+    "very",
+    "so",
+    "and",
+    "or",
+    "but",
+    "to",
+    "of",
+    "in",
+    "on",
+    "for",
+    "with",
+    "my",
+    "your",
+    "their",
+    "review",
+    "works",
+    "crashes",
+    "update",
+    "please",
+    "fix",
+    "time",
+    "day",
+    "friend",
+    "analysis",
+    "one",
+    "more",
+    "giving",
+    "up",
+]
 
 
 def write_vocab(path: Path) -> Path:

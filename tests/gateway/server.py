@@ -14,8 +14,8 @@ import uvicorn
 from gateway.app import create_app
 from gateway.settings import Settings
 from stack.management import register_store
-from stack.torchserve import CONFIG, Ports, TorchServe
-from tests.conftest import free_port, management_client
+from stack.torchserve import Ports, TorchServe
+from tests.conftest import free_port, free_ports, management_client
 
 
 def settings_for(ts: TorchServe, **overrides: object) -> Settings:
@@ -73,17 +73,10 @@ def running_gateway(settings: Settings, *, start_timeout: float = 20.0) -> Itera
 def private_torchserve(store: Path, run_dir: Path, *, ports: Ports | None = None) -> Iterator[TorchServe]:
     """A TorchServe of its own (register the store, wait until every worker is READY), stopped on exit.
 
-    Unlike ``tests.conftest.start_torchserve`` it also gives TorchServe's gRPC servers free ports: their fixed
-    defaults (7070/7071) make a second instance exit at start-up while the shared ``torchserve`` one runs. The
-    config is kept in ``run_dir``, so an instance started again there (same ``ports``) is the same server.
+    Started again in the same ``run_dir`` with the same ``ports`` it is the same server (same key file).
     """
-    config = run_dir / "base-config.properties"
-    if not config.exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        grpc = f"grpc_inference_port={free_port()}\ngrpc_management_port={free_port()}\n"
-        config.write_text(f"{CONFIG.read_text()}\n# --- per-test gRPC ports (tests/gateway/server.py)\n{grpc}")
-    ports = ports or Ports(free_port(), free_port(), free_port())
-    ts = TorchServe(model_store=store, run_dir=run_dir, ports=ports, config=config)
+    ports = ports or free_ports()
+    ts = TorchServe(model_store=store, run_dir=run_dir, ports=ports)
     ts.start()
     try:
         ts.wait_up()

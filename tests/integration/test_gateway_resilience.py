@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stack.torchserve import Ports, TorchServe
-from tests.conftest import free_port
+from stack.torchserve import TorchServe
+from tests.conftest import free_ports
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 
 pytestmark = pytest.mark.integration
@@ -101,7 +101,7 @@ def test_key_rotation_mid_traffic_fails_no_request(
 
 
 def test_torchserve_down_is_503_then_recovers(tmp_path: Path, tiny_store: Path) -> None:
-    ports = Ports(free_port(), free_port(), free_port())
+    ports = free_ports()
     run_dir = tmp_path / "run"
     with private_torchserve(tiny_store, run_dir, ports=ports) as ts:
         settings = settings_for(ts, retry_after_s=7)

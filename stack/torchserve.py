@@ -1,0 +1,210 @@
+"""Start, watch and stop one TorchServe process tree: the only module that knows how TorchServe is launched.
+
+TorchServe writes state relative to its environment: ``key_file.json`` into its working directory, the pid file
+and worker sockets into ``$TMPDIR``, logs into ``$LOG_LOCATION``. :class:`TorchServe` pins all of them under one
+run directory, so a stack started here (``make start``) or by a test never collides with another one, and stopping
+it kills the whole process group (frontend and every worker), never leaving a process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "config.properties"
+LOG_CONFIG = REPO / "stack" / "log4j2.xml"
+
+
+class StackError(RuntimeError):
+    """A start/stop/readiness step failed; the message says what and where to look."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    inference: int = 8080
+    management: int = 8081
+    metrics: int = 8082
+    grpc_inference: int = 7070
+    grpc_management: int = 7071
+
+
+@dataclass
+class TorchServe:
+    """One TorchServe instance whose files all live under ``run_dir``."""
+
+    model_store: Path
+    run_dir: Path
+    host: str = "127.0.0.1"
+    ports: Ports = field(default_factory=Ports)
+    config: Path = CONFIG
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def home(self) -> Path:
+        """TorchServe's working directory: holds ``key_file.json`` and the effective config."""
+        return self.run_dir / "torchserve"
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / "key_file.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "torchserve.pid"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def url(self, api: str) -> str:
+        return f"http://{self.host}:{getattr(self.ports, api)}"
+
+    @property
+    def inference_url(self) -> str:
+        return self.url("inference")
+
+    @property
+    def management_url(self) -> str:
+        return self.url("management")
+
+    @property
+    def metrics_url(self) -> str:
+        return self.url("metrics")
+
+    def effective_config(self) -> Path:
+        """The project's config.properties plus this run's addresses and store (later keys win)."""
+        overrides = {
+            "inference_address": self.inference_url,
+            "management_address": self.management_url,
+            "metrics_address": self.metrics_url,
+            "grpc_inference_port": str(self.ports.grpc_inference),
+            "grpc_management_port": str(self.ports.grpc_management),
+            "model_store": str(self.model_store.resolve()),
+        }
+        lines = [self.config.read_text(), "# --- per-run values added by stack/torchserve.py"]
+        lines += [f"{key}={value}" for key, value in overrides.items()]
+        path = self.home / "config.properties"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            TMPDIR=str(self.run_dir / "tmp"),
+            LOG_LOCATION=str(self.log_dir),
+            METRICS_LOCATION=str(self.log_dir),
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            HF_HUB_DISABLE_PROGRESS_BARS="1",
+            TOKENIZERS_PARALLELISM="false",
+            OMP_NUM_THREADS="1",  # the handler sets torch threads from the archive's settings
+            PYTHONUNBUFFERED="1",
+            # Workers hand the raw body to the handler, which decodes it per request (a failed decode in the worker
+            # logs a traceback per bad request: log amplification from outside).
+            TS_DECODE_INPUT_REQUEST="false",
+        )
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    def start(self) -> None:
+        """Launch TorchServe in its own process group; returns at once (see :meth:`wait_up`)."""
+        if self.running_pid() is not None:
+            raise StackError(f"TorchServe already running from {self.run_dir} (pid file {self.pid_file})")
+        for directory in (self.home, self.run_dir / "tmp", self.log_dir, self.model_store):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.key_file.unlink(missing_ok=True)
+        cmd = [
+            str(Path(sys.executable).parent / "torchserve"),
+            "--start", "--foreground", "--ncs",
+            "--model-store", str(self.model_store.resolve()),
+            "--ts-config", str(self.effective_config()),
+            "--log-config", str(LOG_CONFIG),
+        ]  # fmt: skip
+        stdout = (self.log_dir / "torchserve.out").open("ab")
+        self.process = subprocess.Popen(
+            cmd,
+            cwd=self.home,
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() signals the frontend and all workers at once
+        )
+        stdout.close()
+        self.pid_file.write_text(str(self.process.pid))
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            return pid
+        return None
+
+    def keys(self) -> dict[str, str]:
+        """The current keys: ``{"management": ..., "inference": ..., "API": ...}``."""
+        data: dict[str, Any] = json.loads(self.key_file.read_text())
+        return {kind: str(entry["key"]) for kind, entry in data.items()}
+
+    def wait_up(self, timeout: float = 90.0) -> None:
+        """Block until the management API answers with a valid key (workers may still be loading)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        last = "no key file yet"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise StackError(f"TorchServe exited with {self.process.returncode}; see {self.log_dir}")
+            if self.key_file.is_file():
+                try:
+                    headers = {"Authorization": f"Bearer {self.keys()['management']}"}
+                    response = httpx.get(f"{self.management_url}/models", headers=headers, timeout=2.0)
+                    if response.status_code == 200:
+                        return
+                    last = f"management API answered {response.status_code}"
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    last = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.2)
+        raise StackError(f"TorchServe not up after {timeout:.0f}s ({last}); see {self.log_dir}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the frontend and every worker; safe to call when nothing runs."""
+        pid = self.process.pid if self.process is not None else self.running_pid()
+        if pid is not None:
+            stop_process_group(pid, timeout=timeout)
+        if self.process is not None:
+            self.process.wait(timeout=5)
+        self.pid_file.unlink(missing_ok=True)
+
+
+def stop_process_group(pid: int, *, timeout: float) -> None:
+    """SIGTERM the process group led by ``pid`` (and any stray descendant), then SIGKILL what is left."""
+    try:
+        leader = psutil.Process(pid)
+        procs = [leader, *leader.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(sig)
+        _, alive = psutil.wait_procs(procs, timeout=timeout if sig == signal.SIGTERM else 5)
+        procs = alive
+        if not procs:
+            return
+    if procs:
+        raise StackError(f"processes {[p.pid for p in procs]} survived SIGKILL")

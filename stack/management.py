@@ -18,7 +18,9 @@ from typing import Any
 import httpx
 
 ARCHIVE_RE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_]*)-(?P<version>\d+(?:\.\d+){0,2})\.mar$")
-DEFAULTS_FILE = "defaults.json"  # in the model store: {"cola": "2.0"}, the default version chosen by the operator
+# In the model store, written by `python -m training.publish`: {"cola": {"default": "2.0", "history": ["1.0"]}}, the
+# default version chosen by the operator and the previous ones (for rollback); a plain {"cola": "2.0"} is accepted.
+DEFAULTS_FILE = "defaults.json"
 
 
 class ManagementError(RuntimeError):
@@ -53,7 +55,7 @@ def chosen_defaults(store: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     data = json.loads(path.read_text())
-    return {str(k): str(v) for k, v in data.items()}
+    return {str(k): str(v["default"] if isinstance(v, dict) else v) for k, v in data.items()}
 
 
 def is_invalid_key(response: httpx.Response) -> bool:

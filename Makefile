@@ -1,0 +1,66 @@
+# Quick start: `make serve` (set up, train the default models if model_store/ has none, serve) and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BIN ?= python3.11
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+REQS       := requirements/torch.txt requirements/runtime.txt requirements/dev.txt
+export DATA_DIR    ?= $(abspath ../shared/data)
+export MODEL_STORE ?= $(abspath model_store)
+export RUN_DIR     ?= $(abspath run)
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+TASK ?= cola
+
+.PHONY: help venv java serve start stop status train test lint format clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): $(REQS)
+	@command -v $(PYTHON_BIN) >/dev/null || { echo "error: $(PYTHON_BIN) not found (Python 3.11 is required; set PYTHON_BIN=...)"; exit 1; }
+	$(PYTHON_BIN) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@# torch first and alone: anything that pulls an unpinned torch would fetch a multi-GB CUDA build.
+	$(PY) -m pip install --quiet -r requirements/torch.txt
+	$(PY) -m pip install --quiet -r requirements/runtime.txt -r requirements/dev.txt
+	$(PY) -m pip check
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv with the pinned dependencies (torch first)
+
+java:
+	@command -v java >/dev/null || { echo "error: TorchServe's frontend needs Java 11+ ('java' is not on PATH): install OpenJDK 17, e.g. apt-get install openjdk-17-jre-headless"; exit 1; }
+	@java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); if (v[1] < 11) { print "error: Java " $$2 " is too old: TorchServe needs Java 11+ (17 recommended)"; exit 1 } }'
+
+serve: venv java  ## train the default models if none, run TorchServe + gateway in the foreground (Ctrl-C stops)
+	$(PY) -m stack serve
+
+start: venv java  ## the same in the background; returns when everything is ready
+	$(PY) -m stack start
+
+stop: venv  ## stop the gateway, TorchServe and every worker
+	$(PY) -m stack stop
+
+status: venv  ## what runs; each model's versions, default and workers
+	$(PY) -m stack status
+
+train: venv  ## fine-tune TASK=cola|sentiment and package a new versioned .mar into model_store/
+	$(PY) -m training.train --task $(TASK) --model-store $(MODEL_STORE)
+
+lint: venv  ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: venv java lint  ## the whole suite: unit, gateway, training and integration tests (real TorchServe)
+	$(PY) -m pytest
+
+clean:  ## remove the venv, run state and logs (keeps model_store/)
+	rm -rf $(VENV) run logs .pytest_cache .mypy_cache .ruff_cache

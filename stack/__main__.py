@@ -1,0 +1,161 @@
+"""``python -m stack {serve,start,stop,status,torchserve}``: run the whole stack with local processes.
+
+* ``serve``      foreground: train the default models when the store has none, start TorchServe, register every
+                 archive in the store, wait until every worker is READY, start the gateway; Ctrl-C stops it all.
+* ``start``      the same in the background (pid files under the run directory); returns once everything is ready.
+* ``stop``       stop the gateway and TorchServe (frontend and every worker); safe when nothing runs.
+* ``status``     what runs, and each model's versions, default and workers.
+* ``torchserve`` foreground, TorchServe only (the TorchServe container's command).
+
+The Makefile and the Dockerfiles call these; nothing else starts TorchServe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from stack.gateway import Gateway
+from stack.management import Management, ManagementError, archives_in, register_store
+from stack.torchserve import REPO, Ports, StackError, TorchServe
+
+DEFAULT_TASKS = ("cola", "sentiment")
+
+
+def ports_arg(value: str) -> Ports:
+    try:
+        return Ports(*(int(p) for p in value.split(",")))
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected 5 comma-separated ports, got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["serve", "start", "stop", "status", "torchserve"])
+    parser.add_argument("--model-store", type=Path, default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")))
+    parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get("RUN_DIR", REPO / "run")))
+    parser.add_argument("--host", default=os.environ.get("TS_HOST", "127.0.0.1"), help="TorchServe bind address")
+    parser.add_argument(
+        "--ts-ports",
+        type=ports_arg,
+        default=ports_arg(os.environ.get("TS_PORTS", "8080,8081,8082,7070,7071")),
+        help="TorchServe's inference,management,metrics,grpc-inference,grpc-management ports (env TS_PORTS)",
+    )
+    parser.add_argument("--gateway-host", default=os.environ.get("GATEWAY_HOST", "127.0.0.1"))
+    parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8000")))
+    parser.add_argument("--no-train", action="store_true", help="fail instead of training when the store is empty")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    return parser
+
+
+def ensure_models(store: Path, *, train: bool) -> None:
+    """Train and package the default models when the store holds no archive (the first `make serve`)."""
+    store.mkdir(parents=True, exist_ok=True)
+    if archives_in(store):
+        return
+    if not train:
+        raise StackError(f"no <name>-<version>.mar in {store}: run `make train TASK=cola` first")
+    for task in DEFAULT_TASKS:
+        print(f"[stack] {store} has no models: training the default {task} model (progress below)", flush=True)
+        cmd = [sys.executable, "-m", "training.train", "--task", task, "--model-store", str(store)]
+        if subprocess.run(cmd, cwd=REPO, check=False).returncode != 0:
+            raise StackError(f"training {task} failed; see the output above")
+
+
+def bring_up_torchserve(ts: TorchServe, *, timeout: float) -> dict[str, str]:
+    ts.start()
+    ts.wait_up(timeout=timeout)
+    management = Management(ts.management_url, ts.key_file)
+    defaults = register_store(management, ts.model_store)
+    management.wait_ready(defaults, timeout=timeout)
+    print(f"[stack] TorchServe ready on {ts.inference_url}: {defaults}", flush=True)
+    return defaults
+
+
+def gateway_for(ts: TorchServe, args: argparse.Namespace) -> Gateway:
+    return Gateway(torchserve=ts, host=args.gateway_host, port=args.gateway_port)
+
+
+def wait_for_signal(*processes: subprocess.Popen[bytes] | None) -> None:
+    """Block until SIGINT/SIGTERM or until one of the processes exits on its own."""
+    stop = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    while not stop:
+        for proc in processes:
+            if proc is not None and proc.poll() is not None:
+                print(f"[stack] process {proc.pid} exited with {proc.returncode}; stopping", flush=True)
+                return
+        time.sleep(0.5)
+
+
+def status(ts: TorchServe, gateway: Gateway) -> int:
+    print(f"TorchServe: {'running pid ' + str(ts.running_pid()) if ts.running_pid() else 'not running'}")
+    print(f"gateway:    {'running pid ' + str(gateway.running_pid()) if gateway.running_pid() else 'not running'}")
+    if ts.running_pid() is None:
+        return 1
+    try:
+        management = Management(ts.management_url, ts.key_file)
+        for name in management.models():
+            default = management.default_version(name)
+            for v in management.versions(name):
+                workers = ",".join(w["status"] for w in v.get("workers", [])) or "none"
+                mark = " (default)" if v["modelVersion"] == default else ""
+                print(f"  {name} {v['modelVersion']}{mark}: workers {workers}")
+    except ManagementError as exc:
+        print(f"  management API: {exc}")
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ts = TorchServe(model_store=args.model_store, run_dir=args.run_dir, host=args.host, ports=args.ts_ports)
+    gateway = gateway_for(ts, args)
+    try:
+        if args.command == "stop":
+            gateway.stop()
+            ts.stop()
+            print("[stack] stopped", flush=True)
+            return 0
+        if args.command == "status":
+            return status(ts, gateway)
+        ensure_models(args.model_store, train=not args.no_train and args.command != "torchserve")
+        try:
+            bring_up_torchserve(ts, timeout=args.timeout)
+            if args.command == "torchserve":
+                wait_for_signal(ts.process)
+                return 0
+            gateway.start()
+            gateway.wait_ready(timeout=args.timeout)
+            print(f"[stack] gateway ready on {gateway.url}", flush=True)
+            if args.command == "start":
+                return 0
+            wait_for_signal(ts.process, gateway.process)
+            return 0
+        except BaseException:
+            gateway.stop()
+            ts.stop()
+            raise
+        finally:
+            if args.command in ("serve", "torchserve"):
+                gateway.stop()
+                ts.stop()
+    except (StackError, ManagementError) as exc:
+        print(f"[stack] error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

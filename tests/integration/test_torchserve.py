@@ -1,0 +1,141 @@
+"""A real TorchServe serving real .mar archives: batching, per-request errors, token auth, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from handlers.text_classification import load, predict, settings_from, to_response
+from stack.torchserve import REPO, TorchServe
+from tests.conftest import free_port, free_ports
+from training.package import ServingConfig
+
+pytestmark = pytest.mark.integration
+
+SENTENCES = [f"the {w} {v} good {n}" for w in ("boy", "girl", "dog", "cat") for v in ("is", "are", "was") for n in
+             ("", "and the app works", "but it crashes after the update", "very very much")]  # fmt: skip
+
+
+def post(ts: TorchServe, model: str, body: bytes, content_type: str = "application/json") -> httpx.Response:
+    headers = {"Authorization": f"Bearer {ts.keys()['inference']}", "Content-Type": content_type}
+    return httpx.post(f"{ts.inference_url}/predictions/{model}", content=body, headers=headers, timeout=30)
+
+
+def in_process(model_dir: Path, texts: list[str]) -> list[dict]:
+    """What the handler computes for these texts, with the archive's own settings."""
+    settings = settings_from(ServingConfig().handler)
+    loaded = load(model_dir, settings=settings)
+    return to_response(predict(loaded, texts, max_length=settings.max_length), loaded.labels)
+
+
+def test_concurrent_requests_are_batched_and_match_in_process(torchserve: TorchServe, tiny_models) -> None:
+    bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(lambda b: post(torchserve, "sentiment", b), bodies))
+
+    assert [r.status_code for r in responses] == [200] * len(bodies)
+    assert max(int(r.headers["X-Batch-Size"]) for r in responses) > 1, "TorchServe never batched: test is void"
+    assert {r.headers["X-Model-Version"] for r in responses} == {"1.0"}
+    expected = in_process(tiny_models["sentiment"], SENTENCES)
+    for response, want in zip(responses, expected, strict=True):
+        got = response.json()
+        # int8 activations are quantized with one scale per forward pass, so batch neighbours move probabilities
+        # slightly: compare within a tolerance, and the label wherever the top two are further apart than that.
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=0.03)
+        top, second = sorted(want["probabilities"].values(), reverse=True)[:2]
+        if top - second > 0.06:
+            assert got["label"] == want["label"]
+
+
+def test_a_bad_request_in_a_batch_fails_alone(torchserve: TorchServe) -> None:
+    good = [(json.dumps({"text": s}).encode(), "application/json") for s in SENTENCES[:24]]
+    bad = [(b'{"text": ""}', "application/json"), (b"\xff\xfe", "text/plain"), (b'{"text": 1}', "application/json"),
+           (b"{", "application/json"), (b'{"texts": []}', "application/json")] * 2  # fmt: skip
+    mixed = [item for pair in zip(good, bad + good[: len(good) - len(bad)], strict=True) for item in pair]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(lambda item: post(torchserve, "cola", *item), mixed))
+
+    bad_bodies = {b for b, _ in bad}
+    batched_with_bad = 0
+    for (body, _), response in zip(mixed, responses, strict=True):
+        if body in bad_bodies:
+            assert response.status_code == 400, body
+            assert set(response.json()) == {"error", "type"}
+            batched_with_bad += int(response.headers["X-Batch-Size"]) > 1
+        else:
+            assert response.status_code == 200, response.text
+            assert set(response.json()) == {"label", "probabilities"}
+    assert batched_with_bad > 0, "no bad request shared a batch with others: test is void"
+
+
+def test_batch_body_and_plain_text(torchserve: TorchServe, tiny_models) -> None:
+    texts = ["i are a boy", "Ünïcödé 😀 مرحبا", "the dog is good " * 200]
+    response = post(torchserve, "cola", json.dumps({"texts": texts}).encode())
+    assert response.status_code == 200
+    body = response.json()
+    for got, want in zip(body, in_process(tiny_models["cola"], texts), strict=True):
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=0.03)
+    plain = post(torchserve, "cola", b"i are a boy", "text/plain")
+    assert plain.status_code == 200
+    assert plain.json()["probabilities"] == pytest.approx(body[0]["probabilities"], abs=0.03)
+
+
+def test_token_is_required(torchserve: TorchServe) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {torchserve.keys()['API']}"}):
+        response = httpx.post(f"{torchserve.inference_url}/predictions/cola", json={"text": "a"}, headers=headers)
+        assert response.status_code == 400
+        assert "InvalidKeyException" in response.text
+    assert httpx.get(f"{torchserve.management_url}/models").status_code == 400
+
+
+def test_only_store_archives_can_be_registered(torchserve: TorchServe, tmp_path: Path) -> None:
+    key = torchserve.keys()["management"]
+    outside = tmp_path / "evil.mar"
+    outside.write_bytes((torchserve.model_store / "cola-1.0.mar").read_bytes())
+    for url in ("http://127.0.0.1:1/x.mar", f"file://{outside}", "../cola-1.0.mar", str(outside)):
+        response = httpx.post(
+            f"{torchserve.management_url}/models", params={"url": url}, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert response.status_code in (400, 404), (url, response.text)
+
+
+def stack_processes(run_dir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            text = " ".join(proc.info["cmdline"] or []) + " " + json.dumps(proc.info["environ"] or {})
+        except psutil.Error:
+            continue
+        if str(run_dir) in text:
+            found.append(proc)
+    return found
+
+
+def test_stack_start_and_stop_leave_nothing_behind(tiny_store: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    ports = free_ports()
+    env = {**os.environ, "RUN_DIR": str(run_dir), "MODEL_STORE": str(tiny_store)}
+    env["TS_PORTS"] = ",".join(str(p) for p in ports.__dict__.values())
+    gateway_port = str(free_port())
+    start = subprocess.run([sys.executable, "-m", "stack", "start", "--gateway-port", gateway_port, "--no-train"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+    try:
+        assert start.returncode == 0, start.stderr
+        response = httpx.post(f"http://127.0.0.1:{gateway_port}/generate", json={"passage": "I are a boy"})
+        assert response.status_code == 200
+        assert 0.0 <= response.json()["prob"] <= 1.0
+        assert len(stack_processes(run_dir)) >= 4  # launcher, java, worker per model, gateway
+    finally:
+        stop = subprocess.run([sys.executable, "-m", "stack", "stop"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+    assert stop.returncode == 0, stop.stderr
+    assert stack_processes(run_dir) == []
+    assert not (run_dir / "torchserve.pid").exists()

@@ -1,0 +1,165 @@
+"""The publish CLI against a real TorchServe with the real gateway in front: errors, a zero-downtime switch and
+rollback under steady traffic, and a restart that serves the same versions and the same default."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from stack.torchserve import Ports, TorchServe
+from tests.conftest import free_port, free_ports
+from tests.gateway.server import private_torchserve, running_gateway, settings_for
+from tests.tiny_models import COLA_LABELS, make_tiny_classifier
+from training.package import package
+from training.publish import main as publish
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Stack:
+    store: Path
+    run_dir: Path
+    ports: Ports
+    incoming: Path  # cola-2.0.mar, built but not yet in the store
+    ts: TorchServe
+
+    def publish(self, *argv: str) -> int:
+        common = ["--management-url", self.ts.management_url, "--key-file", str(self.ts.key_file)]
+        return publish([*common, "--model-store", str(self.store), "--timeout", "120", *argv])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_store: Path) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("publish")
+    store, incoming = root / "store", root / "incoming"
+    store.mkdir()
+    for archive in ("cola-1.0.mar", "sentiment-1.0.mar"):
+        shutil.copy2(tiny_store / archive, store / archive)
+    package(make_tiny_classifier(root / "cola-v2", COLA_LABELS, seed=7), name="cola", store=incoming, version="2.0")
+    ports = free_ports()
+    with private_torchserve(store, root / "run", ports=ports) as ts:
+        yield Stack(store=store, run_dir=root / "run", ports=ports, incoming=incoming, ts=ts)
+
+
+def stage_v2(stack: Stack) -> None:
+    shutil.copy2(stack.incoming / "cola-2.0.mar", stack.store / "cola-2.0.mar")
+
+
+def last_line(capsys: pytest.CaptureFixture[str]) -> str:
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_errors_are_one_line_and_exit_1(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    assert stack.publish("register", "cola-9.0.mar") == 1
+    assert "no archive cola-9.0.mar" in last_line(capsys)
+    assert stack.publish("register", "cola-1.0.mar") == 1
+    assert "cola 1.0 is already registered" in last_line(capsys)
+    assert stack.publish("set-default", "cola", "3.0") == 1
+    assert "cola has no version '3.0' registered (registered: 1.0)" in last_line(capsys)
+    assert stack.publish("scale", "nosuch", "1.0", "--workers", "1") == 1
+    assert "model 'nosuch' is not registered" in last_line(capsys)
+    assert stack.publish("unregister", "cola", "1.0") == 1
+    assert "is the current default" in last_line(capsys)
+    assert stack.publish("rollback", "cola") == 1
+    assert "no previous default of cola" in last_line(capsys)
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    argv = ["--management-url", unreachable, "--key-file", str(stack.ts.key_file), "list"]
+    assert publish(argv) == 1
+    assert "unreachable" in last_line(capsys)
+    assert stack.publish("list") == 0
+    listing = capsys.readouterr().out
+    assert [line.split() for line in listing.splitlines() if line.startswith("cola")] == [
+        ["cola", "1.0", "workers=READY", "default"]
+    ]
+
+
+@dataclass
+class Traffic:
+    """Client threads posting to the gateway until stopped: statuses and served versions, per kind of request."""
+
+    base_url: str
+    results: dict[str, list[tuple[int, str | None]]] = field(default_factory=lambda: {"default": [], "pinned": []})
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, kind: str) -> None:
+        headers = {"X-Model-Version": "1.0"} if kind == "pinned" else {}
+        with httpx.Client(base_url=self.base_url, timeout=30) as client:
+            while not self.stop.is_set():
+                try:
+                    response = client.post("/generate", json={"passage": "The dog is happy."}, headers=headers)
+                    self.results[kind].append((response.status_code, response.headers.get("X-Model-Version")))
+                except httpx.HTTPError as exc:
+                    self.results[kind].append((0, type(exc).__name__))
+
+    def wait_for(self, condition: Callable[[], bool], *, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "traffic did not reach the expected state"
+            time.sleep(0.05)
+
+    def served_since(self, mark: int, version: str) -> bool:
+        return any(v == version for _, v in self.results["default"][mark:])
+
+
+def test_switch_and_rollback_under_traffic_fail_no_request(stack: Stack) -> None:
+    with running_gateway(settings_for(stack.ts)) as base_url:
+        traffic = Traffic(base_url)
+        threads = [threading.Thread(target=traffic.run, args=(kind,)) for kind in ("default", "default", "pinned")]
+        for thread in threads:
+            thread.start()
+        try:
+            traffic.wait_for(lambda: len(traffic.results["default"]) >= 5)
+            stage_v2(stack)
+            assert stack.publish("register", "cola-2.0.mar", "--workers", "1") == 0
+            assert stack.publish("set-default", "cola", "2.0") == 0
+            mark = len(traffic.results["default"])
+            traffic.wait_for(lambda: traffic.served_since(mark, "2.0"))
+            assert stack.publish("rollback", "cola") == 0
+            mark = len(traffic.results["default"])
+            traffic.wait_for(lambda: traffic.served_since(mark, "1.0") and len(traffic.results["default"]) > mark + 5)
+            assert stack.publish("unregister", "cola", "2.0") == 0
+            mark = len(traffic.results["default"])
+            traffic.wait_for(lambda: len(traffic.results["default"]) > mark + 10)
+        finally:
+            traffic.stop.set()
+            for thread in threads:
+                thread.join(timeout=40)
+
+    failures = {kind: Counter(r for r in rows if r[0] != 200) for kind, rows in traffic.results.items()}
+    assert failures == {"default": Counter(), "pinned": Counter()}
+    assert {v for _, v in traffic.results["pinned"]} == {"1.0"}  # pinned requests never moved
+    assert {v for _, v in traffic.results["default"]} == {"1.0", "2.0"}
+    assert len(traffic.results["pinned"]) > 10
+    assert json.loads((stack.store / "defaults.json").read_text()) == {"cola": {"default": "1.0", "history": []}}
+
+
+def test_restart_serves_the_same_versions_and_default(stack: Stack) -> None:
+    # cola-2.0.mar is still in the store (unregister keeps the archive): register it again, make it the default,
+    # then roll back, so the operator's default (1.0) differs from the launcher's fallback (the newest, 2.0).
+    assert stack.publish("register", "cola-2.0.mar") == 0
+    assert stack.publish("set-default", "cola", "2.0") == 0
+    assert stack.publish("rollback", "cola") == 0
+    stack.ts.stop()
+    with (
+        private_torchserve(stack.store, stack.run_dir, ports=stack.ports) as ts,
+        running_gateway(settings_for(ts)) as base_url,
+        httpx.Client(base_url=base_url, timeout=30) as gateway,
+    ):
+        versions = sorted(v["modelVersion"] for v in httpx.get(
+            f"{ts.management_url}/models/cola/all", headers={"Authorization": f"Bearer {ts.keys()['management']}"}
+        ).json())  # fmt: skip
+        unpinned = gateway.post("/generate", json={"passage": "The dog is happy."})
+        pinned = gateway.post("/generate", json={"passage": "The dog is happy."}, headers={"X-Model-Version": "2.0"})
+    assert versions == ["1.0", "2.0"]
+    assert (unpinned.status_code, unpinned.headers["X-Model-Version"]) == (200, "1.0")
+    assert (pinned.status_code, pinned.headers["X-Model-Version"]) == (200, "2.0")

@@ -1,0 +1,293 @@
+"""Publish model versions on a running TorchServe through its management API (with the management key).
+
+    python -m training.publish list
+    python -m training.publish register model_store/cola-2.0.mar [--workers 1]   # waits until READY
+    python -m training.publish set-default cola 2.0                              # recorded in defaults.json
+    python -m training.publish rollback cola                                     # back to the previous default
+    python -m training.publish unregister cola 2.0 [--delete-archive]            # refuses the current default
+    python -m training.publish scale cola 2.0 --workers 2
+
+The default version chosen here is also written to ``<model_store>/defaults.json`` (atomically), with a short
+history for ``rollback``: ``{"cola": {"default": "2.0", "history": ["1.0"]}}``. TorchServe runs without snapshots
+(``--ncs``); at every start the launcher re-registers each archive of the store and sets the defaults recorded in
+that file (stack/management.py ``register_store``), so a restart serves the same versions and the same default.
+
+Every failure prints one line (``publish: error: ...``) to stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stack.management import ARCHIVE_RE, DEFAULTS_FILE, Management, ManagementError, version_key
+
+REPO = Path(__file__).resolve().parent.parent
+HISTORY_LENGTH = 10
+
+
+class PublishError(RuntimeError):
+    """A request that cannot be carried out; the message is the one line the user sees."""
+
+
+# --- defaults.json: the operator's default per model and the previous ones (newest last) -----------------------
+
+
+def read_defaults(store: Path) -> dict[str, dict[str, Any]]:
+    """``defaults.json`` as ``{name: {"default": v, "history": [...]}}`` (a plain ``{name: v}`` file is accepted)."""
+    path = store / DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise PublishError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
+    result: dict[str, dict[str, Any]] = {}
+    for name, entry in data.items():
+        if isinstance(entry, dict):
+            result[str(name)] = {
+                "default": str(entry["default"]),
+                "history": [str(v) for v in entry.get("history", [])],
+            }
+        else:
+            result[str(name)] = {"default": str(entry), "history": []}
+    return result
+
+
+def write_defaults(store: Path, defaults: dict[str, dict[str, Any]]) -> None:
+    """Write ``defaults.json`` atomically (temporary file in the store, then rename over the old one)."""
+    store.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=store, prefix=".defaults-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(defaults, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, store / DEFAULTS_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record_default(store: Path, name: str, version: str, *, previous: str | None) -> None:
+    """Record ``version`` as the default of ``name``; ``previous`` (the one it replaces) goes onto the history."""
+    defaults = read_defaults(store)
+    entry = defaults.get(name, {"default": version, "history": []})
+    history = [v for v in entry["history"] if v != version]
+    if previous is not None and previous != version:
+        history = [v for v in history if v != previous] + [previous]
+    defaults[name] = {"default": version, "history": history[-HISTORY_LENGTH:]}
+    write_defaults(store, defaults)
+
+
+# --- management API helpers ---------------------------------------------------------------------------------------
+
+
+def registered_versions(mgmt: Management, name: str) -> dict[str, dict[str, Any]]:
+    try:
+        return {str(v["modelVersion"]): v for v in mgmt.versions(name)}
+    except ManagementError as exc:
+        if exc.status == 404:
+            raise PublishError(f"model {name!r} is not registered") from None
+        raise
+
+
+def require_version(mgmt: Management, name: str, version: str) -> dict[str, Any]:
+    versions = registered_versions(mgmt, name)
+    if version not in versions:
+        known = ", ".join(sorted(versions, key=version_key))
+        raise PublishError(f"{name} has no version {version!r} registered (registered: {known})")
+    return versions[version]
+
+
+def ready_workers(description: dict[str, Any]) -> int:
+    return sum(1 for w in description.get("workers", []) if w.get("status") == "READY")
+
+
+def wait_version_ready(mgmt: Management, name: str, version: str, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while ready_workers(require_version(mgmt, name, version)) == 0:
+        if time.monotonic() > deadline:
+            raise PublishError(f"{name} {version} registered but no worker READY after {timeout:.0f}s")
+        time.sleep(0.25)
+
+
+def wait_drained(mgmt: Management, name: str, version: str, *, quiet_s: float, timeout: float) -> None:
+    """Wait until ``version`` has had no pending request for ``quiet_s`` seconds (requests that resolved the old
+    default just before a switch are still queued on it)."""
+    deadline = time.monotonic() + timeout
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < quiet_s:
+        if time.monotonic() > deadline:
+            raise PublishError(f"{name} {version} still has pending requests after {timeout:.0f}s; try again")
+        queue = require_version(mgmt, name, version).get("jobQueueStatus", {})
+        if int(queue.get("pendingRequests", 0)) > 0:
+            quiet_since = time.monotonic()
+        time.sleep(0.1)
+
+
+# --- commands -------------------------------------------------------------------------------------------------------
+
+
+def cmd_list(mgmt: Management, args: argparse.Namespace) -> None:
+    names = mgmt.models()
+    if not names:
+        print("no models registered")
+    for name in sorted(names):
+        default = mgmt.default_version(name)
+        for version, desc in sorted(registered_versions(mgmt, name).items(), key=lambda kv: version_key(kv[0])):
+            workers = ",".join(str(w.get("status")) for w in desc.get("workers", [])) or "none"
+            mark = "  default" if version == default else ""
+            print(f"{name:<16} {version:<8} workers={workers}{mark}")
+
+
+def archive_in_store(path_or_name: str, store: Path) -> Path:
+    """The archive as a file of the model store (TorchServe registers store files only: allowed_urls=^$)."""
+    given = Path(path_or_name)
+    candidates = [given] if given.parent != Path() else [store / given, given]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise PublishError(f"no archive {path_or_name} (looked in {', '.join(str(p) for p in candidates)})")
+    if found.resolve().parent != store.resolve():
+        raise PublishError(f"{found} is not in the model store {store}; copy it there first (TorchServe only loads "
+                           "archives from its store)")  # fmt: skip
+    if not ARCHIVE_RE.match(found.name):
+        raise PublishError(f"{found.name} is not named <name>-<version>.mar")
+    return found
+
+
+def cmd_register(mgmt: Management, args: argparse.Namespace) -> None:
+    archive = archive_in_store(args.archive, args.model_store)
+    match = ARCHIVE_RE.match(archive.name)
+    assert match is not None
+    name, version = match.group("name"), match.group("version")
+    try:
+        mgmt.register(archive.name, workers=args.workers, timeout=args.timeout)
+    except ManagementError as exc:
+        if exc.status == 409:
+            hint = "unregister it, or package a new version"
+            raise PublishError(f"{name} {version} is already registered ({hint})") from None
+        raise
+    wait_version_ready(mgmt, name, version, timeout=args.timeout)
+    default = mgmt.default_version(name)
+    print(f"registered {name} {version}: READY (default stays {default}; switch with `set-default {name} {version}`)")
+
+
+def cmd_set_default(mgmt: Management, args: argparse.Namespace) -> None:
+    desc = require_version(mgmt, args.name, args.version)
+    if ready_workers(desc) == 0:
+        raise PublishError(f"{args.name} {args.version} has no READY worker; scale it up before making it default")
+    previous = mgmt.default_version(args.name)
+    mgmt.set_default(args.name, args.version)
+    record_default(args.model_store, args.name, args.version, previous=previous)
+    print(f"{args.name}: default {previous} -> {args.version}")
+
+
+def cmd_rollback(mgmt: Management, args: argparse.Namespace) -> None:
+    defaults = read_defaults(args.model_store)
+    history = defaults.get(args.name, {}).get("history", [])
+    if not history:
+        raise PublishError(f"no previous default of {args.name} recorded in {args.model_store / DEFAULTS_FILE}")
+    target = history[-1]
+    desc = require_version(mgmt, args.name, target)
+    if ready_workers(desc) == 0:
+        raise PublishError(f"previous default {args.name} {target} has no READY worker; scale it up first")
+    current = mgmt.default_version(args.name)
+    mgmt.set_default(args.name, target)
+    defaults[args.name] = {"default": target, "history": history[:-1]}
+    write_defaults(args.model_store, defaults)
+    print(f"{args.name}: default {current} -> {target} (rolled back)")
+
+
+def cmd_unregister(mgmt: Management, args: argparse.Namespace) -> None:
+    require_version(mgmt, args.name, args.version)
+    if mgmt.default_version(args.name) == args.version:
+        raise PublishError(f"{args.name} {args.version} is the current default; set another default first")
+    wait_drained(mgmt, args.name, args.version, quiet_s=args.drain_s, timeout=args.timeout)
+    mgmt.unregister(args.name, args.version)
+    defaults = read_defaults(args.model_store)
+    if args.name in defaults:  # a version that is gone is no rollback target
+        entry = defaults[args.name]
+        defaults[args.name] = {**entry, "history": [v for v in entry["history"] if v != args.version]}
+        write_defaults(args.model_store, defaults)
+    archive = args.model_store / f"{args.name}-{args.version}.mar"
+    if args.delete_archive:
+        archive.unlink(missing_ok=True)
+        print(f"unregistered {args.name} {args.version} and deleted {archive}")
+    else:
+        print(f"unregistered {args.name} {args.version} ({archive.name} stays in the store: the next TorchServe "
+              "start registers it again; --delete-archive removes it)")  # fmt: skip
+
+
+def cmd_scale(mgmt: Management, args: argparse.Namespace) -> None:
+    require_version(mgmt, args.name, args.version)
+    mgmt.scale(args.name, args.version, args.workers, timeout=args.timeout)
+    if args.workers > 0:
+        wait_version_ready(mgmt, args.name, args.version, timeout=args.timeout)
+    print(f"{args.name} {args.version}: {args.workers} worker(s)")
+
+
+COMMANDS = {
+    "list": cmd_list,
+    "register": cmd_register,
+    "set-default": cmd_set_default,
+    "rollback": cmd_rollback,
+    "unregister": cmd_unregister,
+    "scale": cmd_scale,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--management-url", default=os.environ.get("MANAGEMENT_URL", "http://127.0.0.1:8081"))
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        default=Path(os.environ.get("KEY_FILE", REPO / "run" / "torchserve" / "key_file.json")),
+        help="TorchServe's key_file.json (the management key is read from it)",
+    )
+    parser.add_argument("--model-store", type=Path, default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")))
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for workers / draining")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="models, versions, default and worker status")
+    register = sub.add_parser("register", help="register an archive of the store and wait until it is READY")
+    register.add_argument("archive", help="<name>-<version>.mar (a file name in the store, or its path)")
+    register.add_argument("--workers", type=int, default=None, help="initial workers (default: the archive's)")
+    for command, text in (("set-default", "make a registered version the default"), ("unregister", "remove a "
+                          "version that is not the default")):  # fmt: skip
+        p = sub.add_parser(command, help=text)
+        p.add_argument("name")
+        p.add_argument("version")
+        if command == "unregister":
+            p.add_argument("--drain-s", type=float, default=1.0, help="seconds without pending requests first")
+            p.add_argument("--delete-archive", action="store_true", help="also delete the .mar from the store")
+    sub.add_parser("rollback", help="go back to the previous default").add_argument("name")
+    scale = sub.add_parser("scale", help="set the number of workers of a version")
+    scale.add_argument("name")
+    scale.add_argument("version")
+    scale.add_argument("--workers", type=int, required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    mgmt = Management(args.management_url, args.key_file, timeout=10.0)
+    try:
+        COMMANDS[args.command](mgmt, args)
+    except (PublishError, ManagementError) as exc:
+        print(f"publish: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""Container healthcheck of TorchServe: exit 0 when every model in the store has a READY worker, else 1.
+
+Readiness is the worker status from the management API (with the management key from the run directory's key
+file), not ``/ping``, which answers "Healthy" long before a worker can serve. Used by the Dockerfile's HEALTHCHECK
+(and so by docker compose's ``depends_on: condition: service_healthy``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stack.management import Management, ManagementError, archives_in
+
+
+def main() -> int:
+    store = Path(os.environ.get("MODEL_STORE", "model_store"))
+    key_file = Path(os.environ.get("RUN_DIR", "run")) / "torchserve" / "key_file.json"
+    names = sorted({archive.name for archive in archives_in(store)})
+    management = Management(os.environ.get("MANAGEMENT_URL", "http://127.0.0.1:8081"), key_file, timeout=3.0)
+    try:
+        status = management.ready(names)
+    except ManagementError as exc:
+        print(f"not ready: {exc}")
+        return 1
+    if names and all(status.values()):
+        return 0
+    print(f"not ready: {status or 'no archive in ' + str(store)}")
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psutil
 
-from stack.torchserve import REPO, StackError, TorchServe, stop_process_group
+from stack.torchserve import REPO, StackError, TorchServe, is_live, stop_process_group
 
 
 @dataclass
@@ -59,9 +58,7 @@ class Gateway:
             pid = int(self.pid_file.read_text())
         except (FileNotFoundError, ValueError):
             return None
-        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-            return pid
-        return None
+        return pid if is_live(pid, "gateway") else None
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Poll ``GET /ready`` (TorchServe reachable, every model READY) until 200."""

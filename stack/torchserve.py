@@ -149,9 +149,7 @@ class TorchServe:
             pid = int(self.pid_file.read_text())
         except (FileNotFoundError, ValueError):
             return None
-        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-            return pid
-        return None
+        return pid if is_live(pid, "torchserve") else None
 
     def keys(self) -> dict[str, str]:
         """The current keys: ``{"management": ..., "inference": ..., "API": ...}``."""
@@ -187,6 +185,15 @@ class TorchServe:
         if self.process is not None:
             self.process.wait(timeout=5)
         self.pid_file.unlink(missing_ok=True)
+
+
+def is_live(pid: int, marker: str) -> bool:
+    """A pid file's process still runs and is ours (a stale file may name a recycled pid)."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and marker in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
 
 
 def stop_process_group(pid: int, *, timeout: float) -> None:

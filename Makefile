@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON_BIN ?= python3.11
+PYTHON_BIN ?= $(shell command -v python3.11 || command -v python3)
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
@@ -20,7 +20,7 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 $(STAMP): $(REQS)
-	@command -v $(PYTHON_BIN) >/dev/null || { echo "error: $(PYTHON_BIN) not found (Python 3.11 is required; set PYTHON_BIN=...)"; exit 1; }
+	@$(PYTHON_BIN) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "error: Python 3.11 is required ('$(PYTHON_BIN)' is not it): install it or set PYTHON_BIN=/path/to/python3.11"; exit 1; }
 	$(PYTHON_BIN) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@# torch first and alone: anything that pulls an unpinned torch would fetch a multi-GB CUDA build.

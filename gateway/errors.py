@@ -120,11 +120,14 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.type, exc.headers)
     if isinstance(exc, RequestValidationError):
         return error_response(InvalidInput.status, describe_validation(exc.errors()), InvalidInput.type)
+    if isinstance(exc, StarletteHTTPException) and exc.status_code == 400:
+        # FastAPI's own "error parsing the body" (e.g. a JSON body that is not UTF-8): the same 422 as invalid JSON.
+        return error_response(InvalidInput.status, "the body is not valid JSON (not UTF-8 text)", InvalidInput.type)
     if isinstance(exc, StarletteHTTPException):
         cls = _HTTP_TYPES.get(exc.status_code)
         kind = cls.type if cls else "http_error"
         message = {
-            404: f"no route {request.url.path[:200]}",
+            404: "no such route (see /docs)",  # never the path: error bodies do not repeat client input
             405: f"method {request.method} not allowed here",
             413: "the request body is too large",
         }.get(exc.status_code, str(exc.detail))

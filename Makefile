@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 TASK ?= cola
 
-.PHONY: help venv java serve start stop status train test lint format clean
+.PHONY: help venv java serve start stop status train test test-slow lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ format: venv
 
 test: venv java lint  ## the whole suite: unit, gateway, training and integration tests (real TorchServe)
 	$(PY) -m pytest
+
+test-slow: venv java  ## the long tier kept out of `make test` (bigger fuzz run, full TorchServe restart under load)
+	$(PY) -m pytest -m slow
 
 clean:  ## remove the venv, run state and logs (keeps model_store/)
 	rm -rf $(VENV) run logs .pytest_cache .mypy_cache .ruff_cache

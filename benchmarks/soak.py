@@ -1,0 +1,187 @@
+"""A bounded soak against a running stack: a steady request rate for a fixed time, then a report.
+
+    .venv/bin/python -m benchmarks.soak --rate 20 --duration 300            # make start first
+    .venv/bin/python -m benchmarks.soak --rate 20 --duration 300 --write-doc # also update docs/reliability.md
+
+Open loop: one request is started every 1/rate seconds whatever the previous ones do (alternating /generate and
+/predict, a few batch requests), so a slow server shows up as latency and errors, not as a lower rate. Reports
+every non-200 answer, latency percentiles per minute, and the RSS of every process of the stack (gateway,
+TorchServe's Java frontend, each Python worker) at start and end. Exit status 1 when any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "reliability.md"
+BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
+REQUESTS = [
+    ("/generate", {"passage": "The cat sat on the mat."}),
+    ("/predict", {"text": "Great app, but it crashes after the update"}),
+    ("/generate", {"passage": "I are a boy"}),
+    ("/predict", {"text": "works fine"}),
+    ("/predict/batch", {"texts": ["love it", "hate it", "meh", "ok"]}),
+]
+
+
+@dataclass
+class Result:
+    started: float
+    status: int  # 0: transport error
+    seconds: float
+
+
+@dataclass
+class Soak:
+    url: str
+    rate: float
+    duration: float
+    results: list[Result] = field(default_factory=list)
+
+    async def one(self, client: httpx.AsyncClient, i: int, t0: float) -> None:
+        path, body = REQUESTS[i % len(REQUESTS)]
+        started = time.monotonic()
+        try:
+            status = (await client.post(path, json=body)).status_code
+        except httpx.HTTPError:
+            status = 0
+        self.results.append(Result(started - t0, status, time.monotonic() - started))
+
+    async def run(self) -> None:
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=self.url, timeout=60, limits=limits) as client:
+            t0 = time.monotonic()
+            tasks = []
+            for i in range(int(self.rate * self.duration)):
+                await asyncio.sleep(max(0.0, t0 + i / self.rate - time.monotonic()))
+                tasks.append(asyncio.create_task(self.one(client, i, t0)))
+            await asyncio.gather(*tasks)
+
+
+def stack_processes(run_dir: Path) -> dict[str, psutil.Process]:
+    """Gateway, TorchServe frontend and workers, from the pid files under ``run_dir`` (else by command line)."""
+    found: dict[str, psutil.Process] = {}
+    for name in ("gateway", "torchserve"):
+        try:
+            proc = psutil.Process(int((run_dir / f"{name}.pid").read_text()))
+        except (FileNotFoundError, ValueError, psutil.NoSuchProcess):
+            continue
+        for p in [proc, *proc.children(recursive=True)]:
+            found[label(p, name)] = p
+    if not found:
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "org.pytorch.serve.ModelServer" in cmd or "model_service_worker" in cmd or "-m gateway" in cmd:
+                found[label(p, "stack")] = p
+    return found
+
+
+def label(proc: psutil.Process, default: str) -> str:
+    try:
+        cmd = " ".join(proc.cmdline())
+    except psutil.Error:
+        return f"{default} {proc.pid}"
+    if "org.pytorch.serve.ModelServer" in cmd:
+        return f"TorchServe java {proc.pid}"
+    if "model_service_worker" in cmd:
+        return f"worker {proc.pid}"
+    if "gateway" in cmd:
+        return f"gateway {proc.pid}"
+    return f"{default} ({proc.name()}) {proc.pid}"
+
+
+def rss_mib(procs: dict[str, psutil.Process]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name, proc in procs.items():
+        try:
+            out[name] = proc.memory_info().rss / 2**20
+        except psutil.Error:
+            out[name] = None  # gone (a worker restarted?): reported as such
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def report(soak: Soak, start_rss: dict[str, float | None], end_rss: dict[str, float | None], wall: float) -> str:
+    results = sorted(soak.results, key=lambda r: r.started)
+    statuses = Counter(r.status for r in results)
+    errors = sum(n for s, n in statuses.items() if s != 200)
+    lines = [
+        f"Soak: {soak.url}, {soak.rate:g} requests/s for {soak.duration:g} s "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); wall {wall:.0f} s.",
+        "",
+        f"- requests: {len(results)}, answered/s {len(results) / wall:.1f}; statuses {dict(sorted(statuses.items()))};"
+        f" **errors: {errors}**",
+        "",
+        "| minute | requests | p50 ms | p95 ms | p99 ms | max ms | non-200 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    minutes = int(max(r.started for r in results) // 60) + 1 if results else 0
+    for m in range(minutes):
+        window = [r for r in results if m * 60 <= r.started < (m + 1) * 60]
+        if not window:
+            continue
+        ms = [r.seconds * 1000 for r in window]
+        bad = sum(r.status != 200 for r in window)
+        lines.append(
+            f"| {m + 1} | {len(window)} | {pct(ms, 50):.0f} | {pct(ms, 95):.0f} | {pct(ms, 99):.0f} | "
+            f"{max(ms):.0f} | {bad} |"
+        )
+    lines += ["", "| process | RSS start MiB | RSS end MiB |", "|---|---|---|"]
+    for name in sorted(set(start_rss) | set(end_rss)):
+        start, end = start_rss.get(name), end_rss.get(name)
+        lines.append(
+            f"| {name} | {'-' if start is None else f'{start:.0f}'} | {'-' if end is None else f'{end:.0f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(text: str) -> None:
+    doc = DOC.read_text() if DOC.exists() else f"# Reliability\n\n## Soak\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in doc:
+        doc += f"\n## Soak\n\n{BEGIN}\n{END}\n"
+    head, rest = doc.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    DOC.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway")
+    parser.add_argument("--rate", type=float, default=20.0, help="requests per second (steady, open loop)")
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds (bounded; default 5 minutes)")
+    parser.add_argument("--run-dir", type=Path, default=REPO / "run", help="where the stack's pid files are")
+    parser.add_argument("--write-doc", action="store_true", help=f"replace the soak section of {DOC.name}")
+    args = parser.parse_args(argv)
+    if httpx.get(f"{args.url}/ready", timeout=10).status_code != 200:
+        print(f"error: {args.url}/ready is not 200: start the stack first (make start)", file=sys.stderr)
+        return 2
+    procs = stack_processes(args.run_dir)
+    start_rss = rss_mib(procs)
+    soak = Soak(args.url, args.rate, args.duration)
+    started = time.monotonic()
+    asyncio.run(soak.run())
+    wall = time.monotonic() - started
+    procs.update({k: v for k, v in stack_processes(args.run_dir).items() if k not in procs})  # restarted workers
+    text = report(soak, start_rss, rss_mib(procs), wall)
+    print(text)
+    if args.write_doc:
+        write_doc(text)
+    return 1 if any(r.status != 200 for r in soak.results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

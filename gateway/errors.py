@@ -40,6 +40,13 @@ class PayloadTooLarge(GatewayError):
     type = "payload_too_large"
 
 
+class RequestTimeout(GatewayError):
+    """The client did not send its whole body in time (slow-loris style); the connection is closed."""
+
+    status = 408
+    type = "request_timeout"
+
+
 class NotFound(GatewayError):
     status = 404
     type = "not_found"

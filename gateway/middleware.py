@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import PayloadTooLarge, error_response
+from gateway.errors import PayloadTooLarge, RequestTimeout, error_response
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -21,11 +23,13 @@ DOCS_PATHS = ("/docs", "/redoc")
 class BodyLimitMiddleware:
     """Answers 413 for a body over ``max_bytes``: at once when Content-Length says so, else while counting the
     streamed chunks. An accepted body (at most ``max_bytes``) is buffered and replayed to the app, so nothing
-    parses a byte of a body that is too large."""
+    parses a byte of a body that is too large. The whole body must arrive within ``timeout_s`` (else 408 and the
+    connection is closed): uvicorn itself has no deadline for a request body."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -35,21 +39,19 @@ class BodyLimitMiddleware:
         if declared is not None and declared > self.max_bytes:
             await self._too_large(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                body = await self._read(receive)
+        except TimeoutError:
+            error = RequestTimeout(f"the request body did not arrive within {self.timeout_s:g} s")
+            response = error_response(error.status, error.message, error.type, {"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        if body is None:  # the client went away
+            return
+        if len(body) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -60,6 +62,20 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The body, or ``None`` when the client disconnected; stops counting one chunk past ``max_bytes``."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            chunks.append(chunk)
+            if size > self.max_bytes or not message.get("more_body", False):
+                return b"".join(chunks)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = PayloadTooLarge(f"the request body is over {self.max_bytes} bytes")

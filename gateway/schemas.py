@@ -93,7 +93,7 @@ class PredictBatchResponse(BaseModel):
 class ErrorResponse(BaseModel):
     error: str = Field(description="What went wrong; never repeats the client's text.", examples=["text: too long"])
     type: str = Field(
-        description="Stable machine-readable kind: invalid_input, payload_too_large, not_found, "
+        description="Stable machine-readable kind: invalid_input, payload_too_large, request_timeout, not_found, "
         "model_version_not_found, method_not_allowed, bad_gateway, unavailable, timeout, internal_error.",
         examples=["invalid_input"],
     )

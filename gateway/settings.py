@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         description="Request bodies over this many bytes answer 413 before they are parsed. Must be <= "
         "TorchServe's max_request_size (1 MiB): the body forwarded is never larger than the one received.",
     )
+    body_timeout_s: Seconds = Field(
+        default=30.0,
+        description="The whole request body must arrive within this many seconds of the request start, else 408 and "
+        "the connection is closed (a client that sends headers and then stalls, slow-loris style, holds nothing).",
+    )
     connect_timeout_s: Seconds = Field(
         default=2.0, description="Opening a connection to TorchServe (loopback); past it -> 503 + Retry-After."
     )

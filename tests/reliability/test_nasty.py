@@ -11,6 +11,8 @@ import time
 import httpx
 import pytest
 
+from stack.torchserve import TorchServe
+from tests.gateway.server import running_gateway, settings_for
 from tests.reliability.conftest import assert_error_body
 
 pytestmark = pytest.mark.integration
@@ -111,8 +113,8 @@ SLOW_LORIS_CONNECTIONS = 20
 
 def test_slow_loris_partial_bodies_do_not_block_others(gateway: httpx.Client, gateway_url: str) -> None:
     """Connections that send headers and part of a body, then stall, hold no worker: while they hang, other clients
-    are answered promptly; when they finally close, the gateway is unharmed. (Bounded: the stalled sockets are
-    ours and closed by the test; the gateway itself has no body-read deadline, see docs/reliability.md.)"""
+    are answered promptly; when they finally close, the gateway is unharmed. (The gateway's own deadline for them,
+    GATEWAY_BODY_TIMEOUT_S, is 30 s by default; the next test shows it firing.)"""
     host, port = gateway_url.removeprefix("http://").split(":")
     stalled = []
     try:
@@ -138,3 +140,36 @@ def test_slow_loris_partial_bodies_do_not_block_others(gateway: httpx.Client, ga
         for sock in stalled:
             sock.close()
     still_answering(gateway)
+
+
+def read_until_closed(sock: socket.socket, *, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    received = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        chunk = sock.recv(65_536)
+        if not chunk:
+            return received
+        received += chunk
+    raise TimeoutError(f"the connection was not closed within {timeout}s (got {received[:200]!r})")
+
+
+def test_a_stalled_body_is_408_and_closed_at_the_body_deadline(torchserve: TorchServe) -> None:
+    settings = settings_for(torchserve, body_timeout_s=1.0)
+    with running_gateway(settings) as base_url, httpx.Client(base_url=base_url, timeout=30) as client:
+        host, port = base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            started = time.monotonic()
+            sock.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b'{"text": "drip'
+            )
+            still_answering(client)  # meanwhile
+            answer = read_until_closed(sock, timeout=15)
+            elapsed = time.monotonic() - started
+        still_answering(client)
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert json.loads(body)["type"] == "request_timeout"
+    assert 0.9 < elapsed < 10

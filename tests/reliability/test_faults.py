@@ -109,8 +109,10 @@ def test_a_killed_worker_is_replaced_and_the_gateway_recovers(
     assert load.statuses(since=replaced_at + 0.5) == Counter({200: load.statuses(since=replaced_at + 0.5)[200]})
     assert ready.status_code == 200
     during = load.statuses(since=killed_at) - load.statuses(since=replaced_at)
+    slowest = max(seconds for t, _, seconds, _ in load.answers if killed_at <= t < replaced_at)
     print(
-        f"\nworker kill: {len(load.answers)} answers, gap {replaced_at - killed_at:.1f}s, during the gap {dict(during)}"
+        f"\nworker kill: {len(load.answers)} answers, gap {replaced_at - killed_at:.1f}s, "
+        f"during the gap {dict(during)}, slowest {slowest:.2f}s"
     )
 
 

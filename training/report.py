@@ -126,22 +126,26 @@ def model_card(m: dict[str, Any]) -> str:
         "",
         "## Served int8 vs fp32 (measured through the handler's own load + predict, CPU)",
         "",
-        "| setting | split | " + " | ".join(METRIC_NAMES[n] for n in names) + f" | {q['metric']} drop |",
-        "|" + "---|" * (3 + len(names)),
-        "| fp32 | validation | " + " | ".join(f"{q['fp32']['validation'][n]:.4f}" for n in names) + " | - |",
+        f"Batches of {q['batch_size']} texts of similar length; a drop above {q['max_drop']} is refused.",
+        "",
+        "| setting | split | "
+        + " | ".join(METRIC_NAMES[n] for n in names)
+        + f" | {q['metric']} drop | labels != fp32 |",
+        "|" + "---|" * (4 + len(names)),
+        "| fp32 | validation | " + " | ".join(f"{q['fp32']['validation'][n]:.4f}" for n in names) + " | - | - |",
     ]
     for c in q["candidates"]:
         s = c["served"]
         label = "fp32 (not quantized)" if not s["quantize"] else f"int8 {s['quantization']}"
         if s["keep_fp32"]:
             label += f", {len(s['keep_fp32'])} Linear kept fp32"
-        mark = " **(served)**" if c is q["chosen"] or c == q["chosen"] else ""
+        mark = " **(served)**" if c == q["chosen"] else "" if c["eligible"] else " (reported only)"
         values = " | ".join(f"{c['validation'][n]:.4f}" for n in names)
-        lines.append(f"| {label}{mark} | validation | {values} | {c['drop']:+.4f} |")
+        lines.append(f"| {label}{mark} | validation | {values} | {c['drop']:+.4f} | {100 * c['flips']:.1f}% |")
     if q["chosen"] and "test" in q["chosen"]:
-        lines.append("| fp32 | test | " + " | ".join(f"{q['fp32']['test'][n]:.4f}" for n in names) + " | - |")
+        lines.append("| fp32 | test | " + " | ".join(f"{q['fp32']['test'][n]:.4f}" for n in names) + " | - | - |")
         test_values = " | ".join(f"{q['chosen']['test'][n]:.4f}" for n in names)
-        lines.append(f"| served | test | {test_values} | - |")
+        lines.append(f"| served | test | {test_values} | - | - |")
     if q["chosen"]:
         lines += ["", f"Handler settings in the archive's model-config.yaml: `{json.dumps(m['packaging']['handler'])}`"]
     lines += [

@@ -1,0 +1,58 @@
+"""The ceiling: the handler's own batched forward throughput in-process, with all cores used the way the tuned
+server uses them (one single-threaded process per core, each running :func:`handlers.text_classification.predict`
+on batches of distinct texts). No HTTP, no queueing: the best any server on this engine can do on this machine."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any
+
+
+def _worker(
+    model_dir: str, texts: list[str], batch: int, seconds: float, offset: int, barrier: Barrier, out: Any
+) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from handlers.text_classification import Settings, load, predict
+
+    settings = Settings()  # num_threads=1, int8 per-channel: what the archives serve
+    loaded = load(model_dir, settings=settings)
+    for _ in range(3):  # warm-up
+        predict(loaded, texts[:batch], max_length=settings.max_length)
+    barrier.wait()
+    done, i = 0, offset
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        chunk = [texts[(i + k) % len(texts)] for k in range(batch)]
+        predict(loaded, chunk, max_length=settings.max_length)
+        done += batch
+        i += batch
+    out.put(done)
+
+
+def measure(
+    model_dir: Path, texts: list[str], *, batch: int = 8, processes: int | None = None, seconds: float = 10
+) -> float:
+    """Texts per second summed over ``processes`` (default: one per core) single-threaded processes."""
+    processes = processes or os.cpu_count() or 1
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(processes)
+    out = ctx.Queue()
+    step = max(1, len(texts) // processes)
+    procs = [
+        ctx.Process(target=_worker, args=(str(model_dir), texts, batch, seconds, n * step, barrier, out))
+        for n in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        counts = [out.get(timeout=seconds + 300) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return sum(counts) / seconds

@@ -1,0 +1,302 @@
+"""``python -m benchmarks.run``: naive baseline vs TorchServe direct vs the full stack, side by side, same weights
+and same sentences; the in-process ceiling; a Markdown report and a PNG plot into docs/.
+
+Quick check: ``python -m benchmarks.run --duration 5 --repeats 1 --concurrency 8 --smoke``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks import ceiling, report
+from benchmarks.load import ENDPOINTS, LoadError, cola_sentences, require_wrk, review_texts, run_wrk, write_bodies
+from benchmarks.servers import Naive, ServerError, Stack, cpu_seconds, extract, rss_mib, served_archives
+from stack.torchserve import REPO
+
+CONFIGS = ("naive", "torchserve", "gateway")
+
+
+def csv_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-store", type=Path, default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")))
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", REPO.parent / "shared" / "data")))
+    p.add_argument("--duration", type=float, default=10, help="seconds per measured wrk run")
+    p.add_argument("--warmup", type=float, default=3, help="seconds of discarded load per configuration x endpoint")
+    p.add_argument("--repeats", type=int, default=3, help="repetitions per cell; medians are reported")
+    p.add_argument("--concurrency", type=lambda v: [int(x) for x in csv_list(v)], default=[1, 8, 32, 64])
+    p.add_argument("--configs", type=csv_list, default=list(CONFIGS), help=f"some of {','.join(CONFIGS)}")
+    p.add_argument("--endpoints", type=csv_list, default=list(ENDPOINTS), help=f"some of {','.join(ENDPOINTS)}")
+    p.add_argument("--ceiling-seconds", type=float, default=10, help="seconds per ceiling repetition (0: skip)")
+    p.add_argument("--ceiling-batch", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for a configuration to be ready")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    p.add_argument("--plot", type=Path, default=REPO / "docs" / "benchmarks.png")
+    p.add_argument("--json", type=Path, help="also write every raw run here")
+    p.add_argument("--smoke", action="store_true", help="label the report as a smoke run (not results)")
+    return p
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    model, flags = "unknown", ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name") and model == "unknown":
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+            flags = line.split(":", 1)[1]
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {f} " in f" {flags} "]
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "isa": ", ".join(isa) or "none of avx2/avx512/vnni/amx",
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def busy_processes() -> list[str]:
+    """Other heavy work on the machine (training, test runs) that would distort the numbers."""
+    me = os.getpid()
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.info["pid"] != me and ("training.train" in cmd or "pytest" in cmd) and "pgrep" not in cmd:
+            found.append(f"{p.info['pid']}: {cmd[:100]}")
+    return found
+
+
+def measure_config(
+    name: str, server: Naive | Stack, args: argparse.Namespace, bodies: dict[tuple[str, bool], Path]
+) -> tuple[list[dict[str, Any]], float]:
+    """Every endpoint x concurrency x repetition against one running configuration; returns runs and RSS MiB."""
+    torchserve = name == "torchserve"
+    if isinstance(server, Stack):
+        base = server.inference_url if torchserve else server.gateway_url
+        auth = server.inference_key() if torchserve else None
+    else:
+        base, auth = server.url, None
+
+    def url(endpoint: str) -> str:
+        return f"{base}/predictions/{ENDPOINTS[endpoint].model}" if torchserve else base + ENDPOINTS[endpoint].path
+
+    runs: list[dict[str, Any]] = []
+    for endpoint in args.endpoints:
+        if args.warmup > 0:
+            run_wrk(url(endpoint), bodies[endpoint, torchserve], connections=8, seconds=args.warmup, auth=auth)
+    for rep in range(args.repeats):
+        for endpoint in args.endpoints:
+            for c in args.concurrency:
+                roles = server.roles()
+                before = {role: cpu_seconds(ps) for role, ps in roles.items()}
+                r = run_wrk(
+                    url(endpoint), bodies[endpoint, torchserve], connections=c, seconds=args.duration, auth=auth
+                )
+                cpu = {role: cpu_seconds(ps) - before[role] for role, ps in roles.items()}
+                if torchserve:
+                    cpu.pop("gateway", None)  # idle during direct runs
+                per = ENDPOINTS[endpoint].texts_per_request
+                runs.append(
+                    {"config": name, "endpoint": endpoint, "concurrency": c, "rep": rep, "rps": r.rps,
+                     "texts_per_s": r.rps * per, "p50_ms": r.p50_ms, "p90_ms": r.p90_ms, "p99_ms": r.p99_ms,
+                     "errors": r.errors, "requests": r.requests, "cpu_s": cpu, "client_cpu_s": r.client_cpu_s}
+                )  # fmt: skip
+                print(
+                    f"[bench] {name:10s} /{endpoint:15s} c={c:<3d} rep {rep + 1}: {r.rps:7.1f} req/s  "
+                    f"p50 {r.p50_ms:6.1f}  p99 {r.p99_ms:7.1f} ms  errors {r.errors}  cpu {report.cpu_text(cpu)}",
+                    flush=True,
+                )
+    rss = sum(rss_mib(ps) for role, ps in server.roles().items() if not (torchserve and role == "gateway"))
+    return runs, rss
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    unknown = sorted(set(args.configs) - set(CONFIGS)) + sorted(set(args.endpoints) - set(ENDPOINTS))
+    if unknown:
+        print(f"[bench] error: unknown configuration or endpoint {unknown}", file=sys.stderr)
+        return 2
+    try:
+        require_wrk()
+    except LoadError as exc:
+        print(f"[bench] error: {exc}", file=sys.stderr)
+        return 2
+    archives = served_archives(args.model_store)
+    missing = sorted({ENDPOINTS[e].model for e in args.endpoints} - set(archives))
+    if missing:
+        print(f"[bench] no archive for {missing} in {args.model_store}: skipping their endpoints", flush=True)
+        args.endpoints = [e for e in args.endpoints if ENDPOINTS[e].model in archives]
+    if not args.endpoints:
+        print(f"[bench] error: nothing to measure (archives found: {archives})", file=sys.stderr)
+        return 2
+    busy_before = busy_processes()
+    if busy_before:
+        print(f"[bench] warning: the machine is busy, numbers will be noisy: {busy_before}", flush=True)
+    started = dt.datetime.now(dt.UTC)
+    load_before = os.getloadavg()
+    texts = {"cola": cola_sentences(args.data_dir), "sentiment": review_texts(args.data_dir)}
+    runs: list[dict[str, Any]] = []
+    rss: dict[str, float] = {}
+    ceilings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        dirs = {name: extract(path, tmp / "extracted") for name, path in archives.items()}
+        bodies = {
+            (e, ts): write_bodies(tmp / f"{e.replace('/', '-')}-{'ts' if ts else 'gw'}.jsonl",
+                                  texts[ENDPOINTS[e].model], ENDPOINTS[e], torchserve=ts)
+            for e in args.endpoints for ts in (False, True)
+        }  # fmt: skip
+        if args.ceiling_seconds > 0:
+            for model in sorted({ENDPOINTS[e].model for e in args.endpoints}):
+                values = [
+                    ceiling.measure(dirs[model], texts[model], batch=args.ceiling_batch, seconds=args.ceiling_seconds)
+                    for _ in range(args.repeats)
+                ]
+                ceilings[model] = statistics.median(values)
+                print(f"[bench] ceiling {model}: {ceilings[model]:.1f} texts/s ({values})", flush=True)
+        if "naive" in args.configs:
+            naive = Naive(models=dirs, log=tmp / "naive.log")
+            try:
+                naive.start(timeout=args.timeout)
+                new, rss["naive"] = measure_config("naive", naive, args, bodies)
+                runs += new
+            finally:
+                naive.stop()
+        stack_configs = [c for c in ("torchserve", "gateway") if c in args.configs]
+        if stack_configs:
+            store = tmp / "store"  # only the archives under test: one version per model
+            store.mkdir()
+            for path in archives.values():  # TorchServe refuses symlinks out of its store: hard link, else copy
+                try:
+                    os.link(path, store / path.name)
+                except OSError:
+                    shutil.copy2(path, store / path.name)
+            stack = Stack(store=store, run_dir=tmp / "run")
+            try:
+                stack.start(timeout=args.timeout)
+                for name in stack_configs:
+                    new, rss[name] = measure_config(name, stack, args, bodies)
+                    runs += new
+            except ServerError:
+                print(f"[bench] stack logs: {stack.run_dir / 'logs'}", file=sys.stderr)
+                raise
+            finally:
+                stack.stop()
+    finished = dt.datetime.now(dt.UTC)
+    busy_after = busy_processes()
+    if args.json:
+        args.json.write_text(json.dumps({"runs": runs, "ceilings": ceilings, "rss_mib": rss}, indent=1))
+    cells = report.aggregate(runs)
+    conditions = {
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "minutes": round((finished - started).total_seconds() / 60, 1),
+        "busy": sorted(set(busy_before + busy_after)),
+        "loadavg_before": " ".join(f"{x:.2f}" for x in load_before),
+    }
+    title = f"{'SMOKE RUN (not results) — ' if args.smoke else ''}{conditions['started']}, {machine()['cpu']}"
+    report.plot(cells, ceilings, args.plot, title=title)
+    args.out.write_text(render(args, cells, ceilings, rss, archives, conditions, argv), encoding="utf-8")
+    print(f"[bench] wrote {args.out} and {args.plot}", flush=True)
+    return 0
+
+
+def render(
+    args: argparse.Namespace,
+    cells: list[report.Cell],
+    ceilings: dict[str, float],
+    rss: dict[str, float],
+    archives: dict[str, Path],
+    conditions: dict[str, Any],
+    argv: list[str] | None,
+) -> str:
+    m = machine()
+    command = "python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None else argv)
+    lines = [
+        "# Benchmarks",
+        "",
+        METHOD.strip(),
+        "",
+        "## Results" + (" — SMOKE RUN: noisy, NOT results" if args.smoke else ""),
+        "",
+    ]
+    if args.smoke:
+        lines += [
+            "> **No clean measurement has been taken yet.** The numbers below come from a short smoke run that proves",
+            "> the harness end to end, on a machine shared with other work; they are noisy and are not results.",
+            "",
+        ]
+    lines += [
+        f"- Date: {conditions['started']} ({conditions['minutes']} min); command: `{command}`",
+        f"- Machine: {m['cpu']}, {m['cores']} cores ({m['isa']}), {m['memory_gib']} GiB; torch {m['torch']}, "
+        f"Python {m['python']}, Linux {m['kernel']}",
+        f"- Models: {', '.join(f'`{p.name}`' for p in archives.values())}; texts: CoLA in-domain dev sentences "
+        "(`/generate`), Google Play review texts (`/predict`); batch endpoints send 8 texts per request",
+        f"- Runs: {args.duration:g} s per cell, {args.repeats} repetition(s), medians; {args.warmup:g} s warm-up per "
+        f"configuration and endpoint; clients {', '.join(map(str, args.concurrency))}",
+        f"- Load average before the run: {conditions['loadavg_before']}; other heavy processes seen: "
+        + ("; ".join(f"`{b}`" for b in conditions["busy"]) if conditions["busy"] else "none"),
+        "",
+        "In-process ceiling (one single-threaded process per core, batch "
+        f"{args.ceiling_batch}): "
+        + (", ".join(f"`{k}` {v:.1f} texts/s" for k, v in ceilings.items()) if ceilings else "not measured"),
+        "",
+        "Resident memory after the runs (MiB, all processes of the configuration): "
+        + ", ".join(f"{report.CONFIG_NAMES[k]} {v:.0f}" for k, v in rss.items()),
+        "",
+        "### Targets (full stack through the gateway)",
+        "",
+        *report.targets(cells, ceilings),
+        "",
+        f"![throughput and p99 vs clients]({args.plot.name})",
+        "",
+        *report.tables(cells),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+METHOD = """
+`make bench` (or `python -m benchmarks.run`) measures, side by side in one run, with the same weights (the default
+version of each model in `model_store/`) and the same texts:
+
+1. **naive baseline** (`benchmarks/baselines/naive_server.py`): one uvicorn process, FastAPI, the model loaded at
+   start-up with the handler's own `load` (default settings: int8 dynamic quantization, one torch thread) and
+   called inside the `async` endpoint per request, as the original projects served it;
+2. **TorchServe direct**: the inference API (`/predictions/<model>`, `{"text"}` / `{"texts"}`, inference token);
+3. **gateway (full stack)**: `python -m stack start` on free loopback ports, requests through the gateway.
+
+Load: `wrk` (one thread, `benchmarks/lua/post.lua`) sends distinct JSON bodies round-robin from a file of CoLA dev
+sentences or review texts, for a bounded duration, at 1, 8, 32 and 64 connections (closed loop: each connection
+sends its next request when the previous one is answered). Reported per cell: requests/s, texts/s, p50/p90/p99
+latency, errors (non-2xx answers + socket errors), CPU seconds of each server process during the run (psutil,
+before/after: naive process; gateway; TorchServe frontend (JVM); TorchServe workers) and of `wrk` itself. The
+ceiling is the handler's batched forward (`handlers.text_classification.predict`) in-process, one single-threaded
+process per core, batch 8, texts/s summed. Each cell is repeated and the median is quoted.
+
+Options: `--duration`, `--repeats`, `--concurrency 1,8,32,64`, `--configs naive,torchserve,gateway`,
+`--endpoints generate,predict,generate/batch,predict/batch`, `--model-store`, `--data-dir`, `--ceiling-seconds`,
+`--json raw.json`, `--smoke`. The machine should be otherwise idle: the run records other training/test processes
+and the load average it saw.
+"""
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

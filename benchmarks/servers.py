@@ -1,0 +1,196 @@
+"""Start, find and stop the configurations under test, each on free loopback ports, with readiness polled."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from stack.management import archives_in, chosen_defaults
+from stack.torchserve import REPO, stop_process_group
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def served_archives(store: Path) -> dict[str, Path]:
+    """``{model name: archive}``: the default version of each model (``defaults.json``, else the newest)."""
+    archives = archives_in(store)  # sorted by name, then version
+    chosen = chosen_defaults(store)
+    picked: dict[str, Path] = {}
+    for name in dict.fromkeys(a.name for a in archives):
+        versions = {a.version: a.path for a in archives if a.name == name}
+        picked[name] = versions.get(chosen.get(name, ""), list(versions.values())[-1])
+    return picked
+
+
+def extract(archive: Path, into: Path) -> Path:
+    target = into / archive.stem
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(target)
+    return target
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def rss_mib(procs: list[psutil.Process]) -> float:
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def wait_http(url: str, *, timeout: float, alive: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if alive is not None and alive.poll() is not None:
+            raise ServerError(f"server exited with {alive.returncode} before {url} answered")
+        try:
+            r = httpx.get(url, timeout=2.0)
+            if r.status_code == 200:
+                return
+            last = f"status {r.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.2)
+    raise ServerError(f"{url} not ready after {timeout:.0f}s ({last})")
+
+
+@dataclass
+class Naive:
+    """benchmarks/baselines/naive_server.py in its own process."""
+
+    models: dict[str, Path]  # name -> save_pretrained dir
+    log: Path
+    port: int = field(default_factory=lambda: free_ports(1)[0])
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, timeout: float) -> None:
+        cmd = [sys.executable, "-m", "benchmarks.baselines.naive_server", "--port", str(self.port)]
+        for name in ("cola", "sentiment"):
+            if name in self.models:
+                cmd += [f"--{name}", str(self.models[name])]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_http(f"{self.url}/health", timeout=timeout, alive=self.process)
+
+    def roles(self) -> dict[str, list[psutil.Process]]:
+        return {"naive": tree(self.process.pid)} if self.process else {}
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            stop_process_group(self.process.pid, timeout=15)
+        if self.process is not None:
+            self.process.wait(timeout=10)
+
+
+@dataclass
+class Stack:
+    """The real stack (``python -m stack start``): TorchServe + gateway, in a private run directory."""
+
+    store: Path
+    run_dir: Path
+    ports: list[int] = field(default_factory=lambda: free_ports(6))
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[5]}"
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}"
+
+    def _cmd(self, command: str) -> list[str]:
+        return [
+            sys.executable, "-m", "stack", command, "--no-train",
+            "--model-store", str(self.store), "--run-dir", str(self.run_dir),
+            "--ts-ports", ",".join(map(str, self.ports[:5])), "--gateway-port", str(self.ports[5]),
+        ]  # fmt: skip
+
+    def start(self, *, timeout: float) -> None:
+        log = self.run_dir / "stack-start.log"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            rc = subprocess.run(
+                [*self._cmd("start"), "--timeout", str(timeout)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                timeout=timeout * 2 + 60, check=False,
+            ).returncode  # fmt: skip
+        if rc != 0:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise ServerError(f"`python -m stack start` failed ({rc}):\n{tail}")
+        wait_http(f"{self.gateway_url}/ready", timeout=timeout)
+
+    def inference_key(self) -> str:
+        data = json.loads((self.run_dir / "torchserve" / "key_file.json").read_text())
+        return str(data["inference"]["key"])
+
+    def _pid(self, name: str) -> int | None:
+        try:
+            return int((self.run_dir / f"{name}.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def roles(self) -> dict[str, list[psutil.Process]]:
+        ts_pid, gw_pid = self._pid("torchserve"), self._pid("gateway")
+        ts = tree(ts_pid) if ts_pid else []
+        workers = [p for p in ts if "model_service_worker" in " ".join(_cmdline(p))]
+        frontend = [p for p in ts if p not in workers]
+        return {"gateway": tree(gw_pid) if gw_pid else [], "ts-frontend": frontend, "ts-workers": workers}
+
+    def stop(self) -> None:
+        subprocess.run(self._cmd("stop"), cwd=REPO, capture_output=True, timeout=120, check=False)
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []

@@ -64,8 +64,9 @@ class Generated:
 
 @cache
 def openapi() -> dict[str, Any]:
-    """The OpenAPI document the gateway serves with its default limits (the fuzzed gateway uses the same ones)."""
-    return create_app(Settings()).openapi()
+    """The OpenAPI document of a gateway with the limits the fuzzed one has (``settings_for`` overrides only the
+    URLs and the key file; both read the same ``GATEWAY_*`` environment)."""
+    return create_app(Settings.model_validate({})).openapi()
 
 
 def resolve(node: Any, spec: dict[str, Any]) -> Any:

@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 TASK ?= cola
 
-.PHONY: help venv java serve start stop status train test test-slow bench lint format clean
+.PHONY: help venv java serve start stop status train test test-slow bench soak lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -65,6 +65,11 @@ test: venv java lint  ## the whole suite: unit, gateway, training and integratio
 bench: venv java  ## naive vs TorchServe vs gateway under wrk -> docs/benchmarks.md + .png (needs both models: `make serve` first)
 	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; } || { echo "error: the benchmark needs wrk: apt-get install -y wrk"; exit 1; }
 	$(PY) -m benchmarks.run --model-store $(MODEL_STORE) --data-dir $(DATA_DIR) $(BENCH_ARGS)
+
+RATE ?= 20
+DURATION ?= 300
+soak: venv  ## bounded soak (DURATION s at RATE requests/s) against a running stack (make start) -> docs/reliability.md
+	$(PY) -m benchmarks.soak --rate $(RATE) --duration $(DURATION) --write-doc
 
 test-slow: venv java  ## the long tier kept out of `make test` (bigger fuzz run, full TorchServe restart under load)
 	$(PY) -m pytest -m slow

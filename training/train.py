@@ -333,9 +333,9 @@ FP32 = {"quantize": False, "quantization": "per_channel", "keep_fp32": []}
 def quantization_candidates(model_dir: Path, cfg: Config) -> list[dict[str, Any]]:
     """Served settings to try, fastest first; ``auto`` serves the first within ``--max-int8-drop``.
 
-    Measured on MiniLM CoLA models (docs/training.md): int8 error comes from per-batch activation scaling in every
-    layer, not from one sensitive layer, so the fallbacks keep whole groups in fp32 (FFN up-projections; the first
-    and last encoder layers; every layer that reads the LayerNorm'd residual stream). per_tensor is reported only.
+    Measured on MiniLM models (docs/training.md): the FFN down-projections (``*.output.dense`` outside attention,
+    whose input is the wide post-GELU activation) and the early layers lose most in int8; attention and the head
+    barely move. The fallbacks keep those in fp32. per_tensor is measured and reported only.
     """
     if cfg.quantization == "none":
         return [FP32]
@@ -344,13 +344,11 @@ def quantization_candidates(model_dir: Path, cfg: Config) -> list[dict[str, Any]
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     layer_of = {n: int(m.group(1)) for n in linear if (m := re.search(r"\.layer\.(\d+)\.", n))}
-    ends = {min(layer_of.values()), max(layer_of.values())} if layer_of else set()
-    groups = [
-        [],
-        [n for n in linear if ".intermediate." in n],
-        [n for n in linear if layer_of.get(n) in ends],
-        [n for n in linear if ".intermediate." in n or n.rsplit(".", 1)[-1] in ("query", "key", "value")],
-    ]
+    half = (max(layer_of.values()) + 1) // 2 if layer_of else 0
+    ffn_out = [n for n in linear if n.endswith("output.dense") and "attention" not in n]
+    ffn_in = [n for n in linear if ".intermediate." in n]
+    early = [n for n in linear if n in layer_of and layer_of[n] < half]
+    groups = [[], ffn_out, ffn_out + ffn_in, sorted(set(ffn_out + early))]
     unique = [g for i, g in enumerate(groups) if g not in groups[:i] and (not i or g)]
     return [
         *({"quantize": True, "quantization": "per_channel", "keep_fp32": g} for g in unique),

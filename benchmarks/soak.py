@@ -111,7 +111,7 @@ def rss_mib(procs: dict[str, psutil.Process]) -> dict[str, float | None]:
     return out
 
 
-def pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 

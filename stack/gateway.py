@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from stack.torchserve import REPO, StackError, TorchServe, is_live, stop_process_group
+from stack.torchserve import REPO, StackError, TorchServe, pid_from, stop_started
 
 
 @dataclass
@@ -54,11 +54,7 @@ class Gateway:
         self.pid_file.write_text(str(self.process.pid))
 
     def running_pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if is_live(pid, "gateway") else None
+        return pid_from(self.pid_file, marker="gateway")
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Poll ``GET /ready`` (TorchServe reachable, every model READY) until 200."""
@@ -78,9 +74,4 @@ class Gateway:
         raise StackError(f"gateway not ready after {timeout:.0f}s ({last}); see {self.torchserve.log_dir}")
 
     def stop(self, timeout: float = 15.0) -> None:
-        pid = self.process.pid if self.process is not None else self.running_pid()
-        if pid is not None:
-            stop_process_group(pid, timeout=timeout)
-        if self.process is not None:
-            self.process.wait(timeout=5)
-        self.pid_file.unlink(missing_ok=True)
+        stop_started(self.process, self.pid_file, marker="gateway", timeout=timeout)

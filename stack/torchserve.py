@@ -145,11 +145,7 @@ class TorchServe:
         self.pid_file.write_text(str(self.process.pid))
 
     def running_pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if is_live(pid, "torchserve") else None
+        return pid_from(self.pid_file, marker="torchserve")
 
     def keys(self) -> dict[str, str]:
         """The current keys: ``{"management": ..., "inference": ..., "API": ...}``."""
@@ -179,21 +175,29 @@ class TorchServe:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the frontend and every worker; safe to call when nothing runs."""
-        pid = self.process.pid if self.process is not None else self.running_pid()
-        if pid is not None:
-            stop_process_group(pid, timeout=timeout)
-        if self.process is not None:
-            self.process.wait(timeout=5)
-        self.pid_file.unlink(missing_ok=True)
+        stop_started(self.process, self.pid_file, marker="torchserve", timeout=timeout)
 
 
-def is_live(pid: int, marker: str) -> bool:
-    """A pid file's process still runs and is ours (a stale file may name a recycled pid)."""
+def pid_from(pid_file: Path, *, marker: str) -> int | None:
+    """The pid in ``pid_file`` if that process still runs and is ours (``marker`` in its command line): a stale
+    file (a SIGKILLed stack, a container volume) may name a recycled pid."""
     try:
+        pid = int(pid_file.read_text())
         proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and marker in " ".join(proc.cmdline())
-    except psutil.Error:
-        return False
+        alive = proc.status() != psutil.STATUS_ZOMBIE and marker in " ".join(proc.cmdline())
+    except (FileNotFoundError, ValueError, psutil.Error):
+        return None
+    return pid if alive else None
+
+
+def stop_started(process: subprocess.Popen[bytes] | None, pid_file: Path, *, marker: str, timeout: float) -> None:
+    """Stop a process group we started (``process``) or whose pid file we find; remove the pid file."""
+    pid = process.pid if process is not None else pid_from(pid_file, marker=marker)
+    if pid is not None:
+        stop_process_group(pid, timeout=timeout)
+    if process is not None:
+        process.wait(timeout=5)
+    pid_file.unlink(missing_ok=True)
 
 
 def stop_process_group(pid: int, *, timeout: float) -> None:

@@ -152,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command in ("serve", "torchserve"):
                 gateway.stop()
                 ts.stop()
+                print("[stack] stopped", flush=True)
     except (StackError, ManagementError) as exc:
         print(f"[stack] error: {exc}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ connection refused / reset, connect timeout              503 ``unavailable`` + R
 no free pooled connection in time                        503 ``unavailable`` + Retry-After
 key file missing or key still rejected after one retry   503 ``unavailable`` + Retry-After
 503 (no worker, queue full)                              503 ``unavailable`` + Retry-After
-507 (the worker died mid-batch; TorchServe restarts it)  503 ``unavailable`` + Retry-After
+500/507 "Worker died" (killed mid-batch; restarted)     503 ``unavailable`` + Retry-After
 404 for the default version (model not registered)       503 ``unavailable`` + Retry-After
 404 for a pinned version                                 404 ``model_version_not_found``
 413 (over TorchServe's max_request_size)                 413 ``payload_too_large``
@@ -95,7 +95,7 @@ async def translate_errors(*, retry_after_s: int) -> AsyncIterator[None]:
             raise Unavailable(f"{what} is not registered in TorchServe", retry_after_s=retry_after_s) from exc
         if status == 413:
             raise PayloadTooLarge(f"TorchServe refused the request as too large: {exc.message}") from exc
-        if status in (503, 507):  # 507: "Worker died", transient: TorchServe starts a new worker
+        if status in (503, 507) or "Worker died" in (exc.message or ""):  # transient: TorchServe starts a new one
             raise Unavailable(f"{what} cannot serve now: {exc.message}", retry_after_s=retry_after_s) from exc
         if status == 504:
             raise UpstreamTimeout(f"{what} did not answer in time: {exc.message}") from exc

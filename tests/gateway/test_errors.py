@@ -56,6 +56,12 @@ UPSTREAM_ROWS = [
         answering(500, {"error": "inference failed", "type": "inference_error"}), 502, "bad_gateway", id="500"
     ),
     pytest.param(answering(507, TS_ERROR), 503, "unavailable", id="worker-died-507"),
+    pytest.param(
+        answering(500, {"code": 500, "type": "InternalServerException", "message": "Worker died."}),
+        503,
+        "unavailable",
+        id="worker-died-500",
+    ),
     pytest.param(answering(504, TS_ERROR), 504, "timeout", id="torchserve-504"),
     pytest.param(answering(200, content=b"<html>"), 502, "bad_gateway", id="non-json-200"),
     pytest.param(answering(200, {"label": "x", "probabilities": {"x": 1.0}}), 502, "bad_gateway", id="wrong-labels"),

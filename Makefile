@@ -23,7 +23,8 @@ $(STAMP): $(REQS)
 	@$(PYTHON_BIN) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "error: Python 3.11 is required ('$(PYTHON_BIN)' is not it): install it or set PYTHON_BIN=/path/to/python3.11"; exit 1; }
 	$(PYTHON_BIN) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	@# torch first and alone: anything that pulls an unpinned torch would fetch a multi-GB CUDA build.
+	@# torch first and alone (requirements/torch.txt: torch==2.13.0, the CPU wheel): anything that pulls an unpinned
+	@# torch would fetch a multi-GB CUDA build.
 	$(PY) -m pip install --quiet -r requirements/torch.txt
 	$(PY) -m pip install --quiet -r requirements/runtime.txt -r requirements/dev.txt
 	$(PY) -m pip check

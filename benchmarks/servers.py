@@ -7,20 +7,16 @@ import json
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psutil
 
 from stack.management import archives_in, chosen_defaults
-from stack.torchserve import REPO, stop_process_group
+from stack.torchserve import REPO, StackError, stop_process_group, wait_http
 
-
-class ServerError(RuntimeError):
-    pass
+ServerError = StackError  # a configuration failed to start or answer
 
 
 def free_ports(n: int) -> list[int]:
@@ -81,23 +77,6 @@ def tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def wait_http(url: str, *, timeout: float, alive: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if alive is not None and alive.poll() is not None:
-            raise ServerError(f"server exited with {alive.returncode} before {url} answered")
-        try:
-            r = httpx.get(url, timeout=2.0)
-            if r.status_code == 200:
-                return
-            last = f"status {r.status_code}"
-        except httpx.HTTPError as exc:
-            last = type(exc).__name__
-        time.sleep(0.2)
-    raise ServerError(f"{url} not ready after {timeout:.0f}s ({last})")
-
-
 @dataclass
 class Naive:
     """benchmarks/baselines/naive_server.py in its own process."""
@@ -120,7 +99,7 @@ class Naive:
             self.process = subprocess.Popen(
                 cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        wait_http(f"{self.url}/health", timeout=timeout, alive=self.process)
+        wait_http(f"{self.url}/health", timeout=timeout, process=self.process)
 
     def roles(self) -> dict[str, list[psutil.Process]]:
         return {"naive": tree(self.process.pid)} if self.process else {}

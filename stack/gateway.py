@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from stack.torchserve import REPO, StackError, TorchServe, pid_from, stop_started
+from stack.torchserve import REPO, StackError, TorchServe, pid_from, stop_started, wait_http
 
 
 @dataclass
@@ -58,20 +55,10 @@ class Gateway:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Poll ``GET /ready`` (TorchServe reachable, every model READY) until 200."""
-        deadline = time.monotonic() + timeout
-        last = "not started"
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise StackError(f"gateway exited with {self.process.returncode}; see {self.torchserve.log_dir}")
-            try:
-                response = httpx.get(f"{self.url}/ready", timeout=2.0)
-                if response.status_code == 200:
-                    return
-                last = f"/ready answered {response.status_code}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            time.sleep(0.2)
-        raise StackError(f"gateway not ready after {timeout:.0f}s ({last}); see {self.torchserve.log_dir}")
+        try:
+            wait_http(f"{self.url}/ready", timeout=timeout, process=self.process)
+        except StackError as exc:
+            raise StackError(f"gateway: {exc}; see {self.torchserve.log_dir}") from None
 
     def stop(self, timeout: float = 15.0) -> None:
         stop_started(self.process, self.pid_file, marker="gateway", timeout=timeout)

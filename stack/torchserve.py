@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,8 +155,6 @@ class TorchServe:
 
     def wait_up(self, timeout: float = 90.0) -> None:
         """Block until the management API answers with a valid key (workers may still be loading)."""
-        import httpx
-
         deadline = time.monotonic() + timeout
         last = "no key file yet"
         while time.monotonic() < deadline:
@@ -176,6 +175,24 @@ class TorchServe:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the frontend and every worker; safe to call when nothing runs."""
         stop_started(self.process, self.pid_file, marker="torchserve", timeout=timeout)
+
+
+def wait_http(url: str, *, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``GET url`` until it answers 200; fail early if ``process`` (the server) exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise StackError(f"the server exited with {process.returncode} before {url} answered")
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code == 200:
+                return
+            last = f"status {response.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.2)
+    raise StackError(f"{url} not ready after {timeout:.0f}s ({last})")
 
 
 def pid_from(pid_file: Path, *, marker: str) -> int | None:

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.errors import GatewayError, handle_error
 from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from gateway.replicas import Resolve, resolve_all
 from gateway.routes import build_router
 from gateway.settings import Settings, load_settings
 from gateway.torchserve import TorchServeClient
@@ -44,19 +45,28 @@ def http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None =
     )
 
 
-def create_app(settings: Settings | None = None, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
-    """Build the gateway. ``transport`` replaces the network below the HTTP client (tests: ``httpx.MockTransport``)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    resolve: Resolve = resolve_all,
+) -> FastAPI:
+    """Build the gateway. ``transport`` replaces the network below the HTTP client (tests: ``httpx.MockTransport``);
+    ``resolve`` the DNS look-up of replica discovery (tests: a fixed list of addresses)."""
     settings = settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with http_client(settings, transport) as http:
+            client = TorchServeClient(settings, http, resolve=resolve)
+            replicas = "discovered" if settings.discover_replicas else str(len(client.rotation.members))
             log.info(
-                "gateway up: TorchServe %s (management %s), models generate=%s predict=%s, key file %s",
-                settings.inference_base, settings.management_base, settings.generate_model, settings.predict_model,
-                settings.key_file,
+                "gateway up: TorchServe %s (management %s, %s replica(s)), models generate=%s predict=%s, key file %s",
+                settings.inference_base, settings.management_base, replicas, settings.generate_model,
+                settings.predict_model, settings.key_file,
             )  # fmt: skip
-            yield {"torchserve": TorchServeClient(settings, http)}
+            async with client.discovering():
+                yield {"torchserve": client}
 
     app = FastAPI(
         title="Text classification gateway",

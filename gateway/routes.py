@@ -5,7 +5,6 @@ No ``from __future__ import annotations`` here: FastAPI reads these signatures a
 are local to :func:`build_router` (they carry the configured limits).
 """
 
-import asyncio
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -29,6 +28,7 @@ from gateway.schemas import (
     PredictRequest,
     PredictResponse,
     ReadyResponse,
+    ReplicaCounts,
     batch_of,
     request_models,
 )
@@ -146,20 +146,18 @@ def build_router(settings: Settings) -> APIRouter:
     @router.get(
         "/ready",
         tags=["operations"],
-        summary="TorchServe reachable and every model has a READY worker",
+        summary="A TorchServe replica reachable with a READY worker for every model",
         responses={503: {"model": NotReadyResponse, "description": "Not ready; see Retry-After."}},
     )
     async def ready(request: Request) -> JSONResponse:
-        client = _client(request)
         names = (settings.generate_model, settings.predict_model)
-        statuses = await asyncio.gather(*(client.model_status(name) for name in names))
-        models = {name: status.detail for name, status in zip(names, statuses, strict=True)}
-        if all(status.ready for status in statuses):
-            return JSONResponse(ReadyResponse(ready=True, models=models).model_dump())
-        not_ready = [
-            f"{name}: {status.detail}" for name, status in zip(names, statuses, strict=True) if not status.ready
-        ]
-        body = NotReadyResponse(ready=False, models=models, error="; ".join(not_ready), type="not_ready")
+        report = await _client(request).readiness(names)
+        replicas = ReplicaCounts(ready=report.replicas_ready, known=report.replicas)
+        if report.ready:
+            return JSONResponse(ReadyResponse(ready=True, models=report.models, replicas=replicas).model_dump())
+        not_ready = [f"{name}: {detail}" for name, detail in report.models.items() if detail != "READY"]
+        error = "; ".join(not_ready) or "no replica has a READY worker for every model"
+        body = NotReadyResponse(ready=False, models=report.models, replicas=replicas, error=error, type="not_ready")
         headers = Unavailable("", retry_after_s=settings.retry_after_s).headers
         return JSONResponse(body.model_dump(), status_code=503, headers=headers)
 

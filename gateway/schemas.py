@@ -103,9 +103,17 @@ class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class ReplicaCounts(BaseModel):
+    ready: int = Field(description="TorchServe replicas with a READY worker for every model.", examples=[2])
+    known: int = Field(description="TorchServe replicas the gateway knows of (given or discovered).", examples=[2])
+
+
 class ReadyResponse(BaseModel):
     ready: bool
-    models: dict[str, str] = Field(description='Per model: "READY" or why not.', examples=[{"cola": "READY"}])
+    models: dict[str, str] = Field(
+        description='Per model: "READY" (on at least one replica) or why not.', examples=[{"cola": "READY"}]
+    )
+    replicas: ReplicaCounts
 
 
 class NotReadyResponse(ErrorResponse, ReadyResponse):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AnyHttpUrl, Field, ValidationError, field_validator, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,10 +23,30 @@ HANDLER_MAX_TEXTS = 64
 TORCHSERVE_MAX_REQUEST_BYTES = 1_048_576
 
 Seconds = Annotated[float, Field(gt=0, le=600)]
+HOST_PLACEHOLDER = "{host}"  # in key_file when replicas are discovered: replaced by each replica's address
+
+
+def _from_repo(path: Path) -> Path:
+    return path if path.is_absolute() else REPO / path
 
 
 class SettingsError(RuntimeError):
     """The environment holds a missing or bad ``GATEWAY_*`` value; the message names each one."""
+
+
+class ReplicaSettings(BaseModel):
+    """One TorchServe replica given explicitly (an item of ``GATEWAY_REPLICAS``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inference_url: AnyHttpUrl = Field(description="The replica's inference API base URL.")
+    management_url: AnyHttpUrl = Field(description="The replica's management API base URL.")
+    key_file: Path = Field(description="The replica's own key_file.json (relative: from the repository root).")
+
+    @field_validator("key_file")
+    @classmethod
+    def _from_repo_root(cls, value: Path) -> Path:
+        return _from_repo(value)
 
 
 class Settings(BaseSettings):
@@ -112,15 +132,47 @@ class Settings(BaseSettings):
         "min), ask TorchServe for a new one (POST /token with the API key) instead of failing every request.",
     )
 
+    replicas: list[ReplicaSettings] | None = Field(
+        default=None,
+        min_length=1,
+        description='Several TorchServe replicas given explicitly, as JSON: [{"inference_url": ..., '
+        '"management_url": ..., "key_file": ...}, ...]. Unset: the one replica of inference_url, '
+        "management_url and key_file. Requests are spread round-robin over the replicas that are not down.",
+    )
+    discover_replicas: bool = Field(
+        default=False,
+        description="Find the replicas in DNS instead: the host of inference_url is resolved to all its addresses "
+        "(docker compose --scale: one address per replica) every replica_refresh_s; each address is one replica "
+        f"with the ports of inference_url and management_url, and key_file must contain {HOST_PLACEHOLDER}, "
+        "replaced by the address. A failed resolution keeps the replicas last found.",
+    )
+    replica_refresh_s: Seconds = Field(default=5.0, description="How often discovery resolves the host again.")
+    replica_down_s: Seconds = Field(
+        default=5.0,
+        description="A replica that refused a connection (or whose key file cannot be read) gets no requests for "
+        "this many seconds while another replica is up; the request itself is sent to the next replica.",
+    )
+
     @field_validator("key_file")
     @classmethod
     def _from_repo_root(cls, value: Path) -> Path:
-        return value if value.is_absolute() else REPO / value
+        return _from_repo(value)
 
     @model_validator(mode="after")
     def _distinct_models(self) -> Settings:
         if self.generate_model == self.predict_model:
             raise ValueError("generate_model and predict_model must name different models")
+        return self
+
+    @model_validator(mode="after")
+    def _one_way_to_name_replicas(self) -> Settings:
+        templated = HOST_PLACEHOLDER in str(self.key_file)
+        if self.discover_replicas and self.replicas is not None:
+            raise ValueError("give either replicas or discover_replicas, not both")
+        if self.discover_replicas and not templated:
+            raise ValueError(f"discover_replicas needs a key_file containing {HOST_PLACEHOLDER} (one per replica)")
+        if templated and not self.discover_replicas:
+            raise ValueError(f"key_file contains {HOST_PLACEHOLDER} but discover_replicas is off")
         return self
 
     @property

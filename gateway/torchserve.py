@@ -1,5 +1,7 @@
-"""The TorchServe client: one inference request per gateway request, Bearer keys from the key file, and one
-error-translation boundary (:func:`translate_errors`) around every call.
+"""The TorchServe client: one inference request per gateway request, sent to one of the replicas (round-robin),
+Bearer keys from each replica's key file, and one error-translation boundary (:func:`translate_errors`) around
+every call. A request that never reached a replica (refused, connect timeout) is sent to the next one first; the
+mapping below applies to what the last replica tried did.
 
 The mapping, in one place (docs/gateway.md repeats it):
 
@@ -23,12 +25,13 @@ other 5xx, unreadable answer                             502 ``bad_gateway``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -43,12 +46,16 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.keys import KeyFile, KeyFileError, KeyKind
+from gateway.replicas import Resolve, Rotation, Upstream, discover, given, resolve_all
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
 KEY_POLL_S = 0.05
 MAX_MESSAGE_CHARS = 300
+# Failures that prove the request never reached TorchServe: safe to send it to another replica.
+NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, KeyFileError)
+_T = TypeVar("_T")
 
 
 class UpstreamStatusError(Exception):
@@ -102,8 +109,9 @@ async def translate_errors(*, retry_after_s: int) -> AsyncIterator[None]:
         if 400 <= status < 500:
             raise InvalidInput(exc.message or f"TorchServe refused the input ({status})") from exc
         raise BadGateway(f"TorchServe failed ({status}): {exc.message}") from exc
-    except KeyFileError as exc:
-        raise Unavailable(str(exc), retry_after_s=retry_after_s) from exc
+    except KeyFileError as exc:  # the message names a path: logged, not answered
+        log.warning("%s", exc)
+        raise Unavailable("TorchServe's key file cannot be read yet", retry_after_s=retry_after_s) from exc
     except httpx.PoolTimeout as exc:
         raise Unavailable("the gateway is saturated: no free connection", retry_after_s=retry_after_s) from exc
     except httpx.ConnectTimeout as exc:
@@ -128,53 +136,31 @@ class ModelStatus:
     detail: str  # "READY", or why not
 
 
-class TorchServeClient:
-    """Calls TorchServe over one shared pooled :class:`httpx.AsyncClient` (owned by the app's lifespan)."""
+NO_REPLICA = ModelStatus(ready=False, detail="no TorchServe replica is known yet")
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool  # at least one replica has a READY worker for every model
+    models: dict[str, str]  # per model: "READY" (on some replica), or why not (on the first replica)
+    replicas_ready: int
+    replicas: int
+
+
+class Replica:
+    """One TorchServe replica: its addresses, its own key file and its own key retry/renewal."""
+
+    def __init__(self, upstream: Upstream, settings: Settings, http: httpx.AsyncClient) -> None:
+        self.upstream = upstream
         self.settings = settings
         self.http = http
-        self.keys = KeyFile(settings.key_file)
+        self.keys = KeyFile(upstream.key_file)
         self._renew_lock = asyncio.Lock()
 
-    def boundary(self) -> AbstractAsyncContextManager[None]:
-        return translate_errors(retry_after_s=self.settings.retry_after_s)
-
-    async def predict(self, model: str, payload: dict[str, Any], *, version: str | None = None) -> Prediction:
-        """POST one request to ``/predictions/{model}[/{version}]``; the answer's JSON and model version."""
-        path = f"/predictions/{model}" + (f"/{version}" if version else "")
-        async with self.boundary():
-            response = await self._send(
-                "POST",
-                f"{self.settings.inference_base}{path}",
-                kind="inference",
-                content=orjson.dumps(payload),
-                headers={"Content-Type": "application/json"},
-            )
-            if response.status_code != 200:
-                raise UpstreamStatusError(response, model=model, version=version)
-            try:
-                body = orjson.loads(response.content)
-            except orjson.JSONDecodeError as exc:
-                raise BadGateway(f"TorchServe answered non-JSON for model {model!r}") from exc
-        return Prediction(body=body, version=response.headers.get("X-Model-Version") or version)
-
-    async def model_status(self, model: str) -> ModelStatus:
-        """Readiness of the default version of ``model``: a READY worker in ``GET /models/{model}``."""
-        try:
-            async with self.boundary():
-                response = await self._send("GET", f"{self.settings.management_base}/models/{model}", kind="management")
-                if response.status_code != 200:
-                    raise UpstreamStatusError(response, model=model, version=None)
-                described = orjson.loads(response.content)
-        except GatewayError as exc:
-            return ModelStatus(ready=False, detail=exc.message)
-        except orjson.JSONDecodeError:
-            return ModelStatus(ready=False, detail="unreadable management answer")
-        workers = [w for entry in described if isinstance(entry, dict) for w in entry.get("workers", [])]
-        if any(isinstance(w, dict) and w.get("status") == "READY" for w in workers):
-            return ModelStatus(ready=True, detail="READY")
-        return ModelStatus(ready=False, detail=f"no READY worker ({len(workers)} worker(s))")
+    async def send(self, method: str, path: str, *, kind: KeyKind, **kwargs: Any) -> httpx.Response:
+        """Send to the inference (``kind="inference"``) or management API of this replica (see :meth:`_send`)."""
+        base = self.upstream.inference_base if kind == "inference" else self.upstream.management_base
+        return await self._send(method, f"{base}{path}", kind=kind, **kwargs)
 
     async def _send(self, method: str, url: str, *, kind: KeyKind, **kwargs: Any) -> httpx.Response:
         """Send with the cached key; on TorchServe's invalid-key answer fetch a fresh key and retry exactly once."""
@@ -218,9 +204,130 @@ class TorchServeClient:
             api_key = self.keys.reload("API").value
             log.info("the %s key in %s has expired; asking TorchServe for a new one", kind, self.keys.path)
             response = await self.http.post(
-                f"{self.settings.management_base}/token",
+                f"{self.upstream.management_base}/token",
                 params={"type": kind},
                 headers={"Authorization": f"Bearer {api_key}"},
             )
             if response.status_code != 200:
                 log.warning("renewing the %s key failed: TorchServe answered %d", kind, response.status_code)
+
+
+class TorchServeClient:
+    """Calls TorchServe replicas over one shared pooled :class:`httpx.AsyncClient` (owned by the app's lifespan).
+
+    Each request goes to the next replica in round-robin order. A failure that proves nothing reached TorchServe
+    (connection refused, connect timeout, key file unreadable) marks that replica down and the same request goes
+    to the next one; any other failure is answered as it is (a POST may have run).
+    """
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient, *, resolve: Resolve = resolve_all) -> None:
+        self.settings = settings
+        self.http = http
+        self.resolve = resolve
+        self.rotation: Rotation[Replica] = Rotation(down_s=settings.replica_down_s)
+        if not settings.discover_replicas:
+            self._use(given(settings))
+
+    def _use(self, upstreams: list[Upstream]) -> None:
+        """Make ``upstreams`` the replicas; those already known keep their cached keys and down marks."""
+        known = {replica.upstream: replica for replica in self.rotation.members}
+        before = set(known)
+        self.rotation.replace(known.get(u) or Replica(u, self.settings, self.http) for u in upstreams)
+        if set(upstreams) != before:
+            log.info("TorchServe replicas: %s", ", ".join(u.name for u in upstreams))
+
+    async def refresh(self) -> None:
+        """Discover the replicas once; a failed look-up keeps the replicas found last time."""
+        try:
+            self._use(await discover(self.settings, self.resolve))
+        except OSError as exc:
+            log.warning("replica discovery failed (%s); keeping %d known replica(s)", exc, len(self.rotation.members))
+
+    @asynccontextmanager
+    async def discovering(self) -> AsyncIterator[None]:
+        """With ``discover_replicas``: discover once now, then every ``replica_refresh_s`` until exit."""
+        if not self.settings.discover_replicas:
+            yield
+            return
+
+        async def again() -> None:
+            while True:
+                await asyncio.sleep(self.settings.replica_refresh_s)
+                await self.refresh()
+
+        await self.refresh()
+        task = asyncio.create_task(again(), name="replica-discovery")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def boundary(self) -> AbstractAsyncContextManager[None]:
+        return translate_errors(retry_after_s=self.settings.retry_after_s)
+
+    async def _on_a_replica(self, call: Callable[[Replica], Awaitable[_T]]) -> _T:
+        """``call`` on the next replica; on a failure before anything was sent, on the one after, and so on."""
+        replicas = self.rotation.order()
+        if not replicas:
+            raise Unavailable("no TorchServe replica is known yet", retry_after_s=self.settings.retry_after_s)
+        for index, replica in enumerate(replicas):
+            try:
+                return await call(replica)
+            except NEVER_SENT as exc:
+                self.rotation.mark_down(replica)
+                log.warning("TorchServe replica %s not reachable (%s): marked down", replica.upstream.name, exc)
+                if index == len(replicas) - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def predict(self, model: str, payload: dict[str, Any], *, version: str | None = None) -> Prediction:
+        """POST one request to ``/predictions/{model}[/{version}]`` of a replica; the answer's JSON and version."""
+        path = f"/predictions/{model}" + (f"/{version}" if version else "")
+        content = orjson.dumps(payload)
+
+        async def post(replica: Replica) -> httpx.Response:
+            headers = {"Content-Type": "application/json"}
+            return await replica.send("POST", path, kind="inference", content=content, headers=headers)
+
+        async with self.boundary():
+            response = await self._on_a_replica(post)
+            if response.status_code != 200:
+                raise UpstreamStatusError(response, model=model, version=version)
+            try:
+                body = orjson.loads(response.content)
+            except orjson.JSONDecodeError as exc:
+                raise BadGateway(f"TorchServe answered non-JSON for model {model!r}") from exc
+        return Prediction(body=body, version=response.headers.get("X-Model-Version") or version)
+
+    async def readiness(self, models: Sequence[str]) -> Readiness:
+        """Ask every replica for every model; ready when one replica has a READY worker for all of them."""
+        replicas = list(self.rotation.members)
+        asked = [self.model_status(replica, model) for replica in replicas for model in models]
+        flat = await asyncio.gather(*asked)
+        grid = [flat[i * len(models) : (i + 1) * len(models)] for i in range(len(replicas))]
+        ready_replicas = sum(all(s.ready for s in row) for row in grid)
+        details = {}
+        for column, model in enumerate(models):
+            statuses = [row[column] for row in grid]
+            ready = next((s for s in statuses if s.ready), None)
+            details[model] = (ready or (statuses[0] if statuses else NO_REPLICA)).detail
+        return Readiness(ready=ready_replicas > 0, models=details, replicas_ready=ready_replicas, replicas=len(grid))
+
+    async def model_status(self, replica: Replica, model: str) -> ModelStatus:
+        """Readiness of the default version of ``model`` on ``replica``: a READY worker in ``GET /models/{model}``."""
+        try:
+            async with self.boundary():
+                response = await replica.send("GET", f"/models/{model}", kind="management")
+                if response.status_code != 200:
+                    raise UpstreamStatusError(response, model=model, version=None)
+                described = orjson.loads(response.content)
+        except GatewayError as exc:
+            return ModelStatus(ready=False, detail=exc.message)
+        except orjson.JSONDecodeError:
+            return ModelStatus(ready=False, detail="unreadable management answer")
+        workers = [w for entry in described if isinstance(entry, dict) for w in entry.get("workers", [])]
+        if any(isinstance(w, dict) and w.get("status") == "READY" for w in workers):
+            return ModelStatus(ready=True, detail="READY")
+        return ModelStatus(ready=False, detail=f"no READY worker ({len(workers)} worker(s))")

@@ -15,7 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1 \
     MODEL_STORE=/app/model_store \
-    RUN_DIR=/run/ts
+    RUN_DIR=/run/ts/{ip}
 WORKDIR /app
 # The same requirement files, in the same order, as `make venv`: torch alone first (the CPU wheel: from PyPI an
 # unpinned resolution pulls a multi-GB CUDA build), then the pinned runtime lock.
@@ -23,6 +23,8 @@ COPY requirements/torch.txt requirements/runtime.txt requirements/
 RUN pip install -r requirements/torch.txt --index-url https://download.pytorch.org/whl/cpu \
  && pip install -r requirements/runtime.txt \
  && pip check
+# RUN_DIR: {ip} is replaced by the container's address (stack/__main__.py), so the replicas of a scaled torchserve
+# service keep their pid files, key files and logs apart on the one shared volume.
 # One unprivileged user (same uid in both images: the gateway reads TorchServe's mode-600 key file).
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app \
@@ -51,7 +53,8 @@ CMD ["python", "-m", "stack", "torchserve"]
 FROM base AS gateway
 ENV GATEWAY_INFERENCE_URL=http://torchserve:8080 \
     GATEWAY_MANAGEMENT_URL=http://torchserve:8081 \
-    GATEWAY_KEY_FILE=/run/ts/torchserve/key_file.json
+    GATEWAY_DISCOVER_REPLICAS=true \
+    GATEWAY_KEY_FILE=/run/ts/{host}/torchserve/key_file.json
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \

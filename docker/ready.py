@@ -13,12 +13,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from stack.__main__ import run_dir_of
 from stack.management import Management, ManagementError, archives_in
+
+
+def own_key_file() -> Path:
+    """The key file of the TorchServe in this container: ``RUN_DIR`` expanded as the launcher expands it."""
+    return run_dir_of(os.environ.get("RUN_DIR", "run")) / "torchserve" / "key_file.json"
 
 
 def main() -> int:
     store = Path(os.environ.get("MODEL_STORE", "model_store"))
-    key_file = Path(os.environ.get("RUN_DIR", "run")) / "torchserve" / "key_file.json"
+    key_file = own_key_file()
     names = sorted({archive.name for archive in archives_in(store)})
     management = Management(os.environ.get("MANAGEMENT_URL", "http://127.0.0.1:8081"), key_file, timeout=3.0)
     try:

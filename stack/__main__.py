@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from stack.gateway import Gateway
@@ -26,6 +27,18 @@ from stack.management import Management, ManagementError, archives_in, register_
 from stack.torchserve import REPO, Ports, StackError, TorchServe
 
 DEFAULT_TASKS = ("cola", "sentiment")
+IP_PLACEHOLDER = "{ip}"
+
+
+def own_address() -> str:
+    """This host's address as other hosts see it (in a container: the container's address on its network)."""
+    return socket.gethostbyname(socket.gethostname())
+
+
+def run_dir_of(template: str, *, address: Callable[[], str] = own_address) -> Path:
+    """``RUN_DIR`` with ``{ip}`` replaced by this host's address: the replicas of a scaled compose service share one
+    volume, and each keeps its pid file, key file and logs in a directory of its own (docker/ready.py too)."""
+    return Path(template.replace(IP_PLACEHOLDER, address()) if IP_PLACEHOLDER in template else template)
 
 
 def ports_arg(value: str) -> Ports:
@@ -39,7 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["serve", "start", "stop", "status", "torchserve"])
     parser.add_argument("--model-store", type=Path, default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")))
-    parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get("RUN_DIR", REPO / "run")))
+    parser.add_argument(
+        "--run-dir",
+        type=run_dir_of,
+        default=os.environ.get("RUN_DIR", str(REPO / "run")),
+        help=f"pid files, key file and logs (env RUN_DIR); {IP_PLACEHOLDER} is replaced by this host's address",
+    )
     parser.add_argument("--host", default=os.environ.get("TS_HOST", "127.0.0.1"), help="TorchServe bind address")
     parser.add_argument(
         "--ts-ports",

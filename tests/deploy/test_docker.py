@@ -6,13 +6,15 @@ import fnmatch
 import re
 import shlex
 import tomllib
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from gateway.settings import ENV_PREFIX, Settings
+from gateway.settings import ENV_PREFIX, HOST_PLACEHOLDER, Settings
+from stack.__main__ import IP_PLACEHOLDER, build_parser, own_address, run_dir_of
 from stack.torchserve import CONFIG, REPO, Ports, TorchServe
 from tests.deploy.conftest import APP, Dockerfile, exec_form
 
@@ -145,19 +147,46 @@ def mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return result
 
 
-def test_key_file_is_shared_read_only_from_torchserve_run_dir(
+def test_key_files_are_shared_read_only_one_run_dir_per_replica(
     dockerfile: Dockerfile, services: dict[str, dict[str, Any]], compose: dict[str, Any]
 ) -> None:
     ts_env = services["torchserve"]["environment"]
-    run_dir = Path(ts_env["RUN_DIR"])
-    key_file = TorchServe(model_store=Path("unused"), run_dir=run_dir).key_file
-    assert gateway_env(dockerfile, services)["GATEWAY_KEY_FILE"] == str(key_file)
+    run_dir_template = ts_env["RUN_DIR"]
+    assert run_dir_template.endswith("/" + IP_PLACEHOLDER), "each replica has a run directory of its own"
+    volume_root = run_dir_template.removesuffix("/" + IP_PLACEHOLDER)
+    gw_env = gateway_env(dockerfile, services)
+    assert gw_env["GATEWAY_DISCOVER_REPLICAS"] == "true"
+    # The gateway's key file template names, for any replica address, the key file that replica writes.
+    for address in ("172.18.0.3", "172.18.0.9"):
+        run_dir = run_dir_of(run_dir_template, address=partial(str, address))
+        key_file = TorchServe(model_store=Path("unused"), run_dir=run_dir).key_file
+        assert gw_env["GATEWAY_KEY_FILE"].replace(HOST_PLACEHOLDER, address) == str(key_file)
     ts_mounts, gw_mounts = mounts(services["torchserve"]), mounts(services["gateway"])
-    assert ts_mounts[str(run_dir)] == ("ts-run", "rw")
-    assert gw_mounts[str(run_dir)] == ("ts-run", "ro")
+    assert ts_mounts[volume_root] == ("ts-run", "rw")
+    assert gw_mounts[volume_root] == ("ts-run", "ro")
     assert "ts-run" in compose["volumes"]
-    assert dockerfile.env("torchserve")["RUN_DIR"] == str(run_dir)
+    assert dockerfile.env("torchserve")["RUN_DIR"] == run_dir_template
     assert dockerfile.env("torchserve")["TS_HOST"] == ts_env["TS_HOST"] == "0.0.0.0"
+
+
+def test_gateway_discovers_the_replicas_of_the_torchserve_service(
+    dockerfile: Dockerfile, services: dict[str, dict[str, Any]]
+) -> None:
+    fields = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in gateway_env(dockerfile, services).items()}
+    settings = Settings.model_validate(fields)
+    assert settings.discover_replicas
+    assert settings.replicas is None
+    assert HOST_PLACEHOLDER in str(settings.key_file)
+    assert "deploy" not in services["torchserve"], "no fixed replica count: docker compose up --scale torchserve=N"
+    assert "container_name" not in services["torchserve"], "a fixed container name cannot be scaled"
+
+
+def test_run_dir_placeholder_is_the_containers_own_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run_dir_of("/run/ts/{ip}", address=lambda: "172.18.0.5") == Path("/run/ts/172.18.0.5")
+    assert run_dir_of("/run/ts", address=lambda: pytest.fail("not asked without a placeholder")) == Path("/run/ts")
+    monkeypatch.setenv("RUN_DIR", "/run/ts/{ip}")
+    assert build_parser().parse_args(["torchserve"]).run_dir == Path("/run/ts") / own_address()
+    assert build_parser().parse_args(["status", "--run-dir", "x/{ip}"]).run_dir == Path("x") / own_address()
 
 
 def test_model_store_and_config_are_mounted_where_the_code_looks(services: dict[str, dict[str, Any]]) -> None:
@@ -191,9 +220,7 @@ def test_healthchecks_use_readiness_and_the_gateway_waits_for_torchserve(
     assert services["gateway"]["depends_on"] == {"torchserve": {"condition": "service_healthy"}}
 
 
-def test_ready_script_reports_not_ready_without_models(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def load_ready_script() -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("ready", REPO / "docker" / "ready.py")
@@ -201,10 +228,27 @@ def test_ready_script_reports_not_ready_without_models(
     assert spec.loader is not None
     ready = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ready)
+    return ready
+
+
+def test_ready_script_reports_not_ready_without_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ready = load_ready_script()
     monkeypatch.setenv("MODEL_STORE", str(tmp_path))
     monkeypatch.setenv("RUN_DIR", str(tmp_path / "run"))
     assert ready.main() == 1
     assert "no archive" in capsys.readouterr().out
+
+
+def test_ready_script_reads_the_key_file_of_its_own_replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ready = load_ready_script()
+    monkeypatch.setenv("RUN_DIR", str(tmp_path / "run" / IP_PLACEHOLDER))
+    launcher = TorchServe(model_store=tmp_path, run_dir=build_parser().parse_args(["torchserve"]).run_dir)
+
+    assert (
+        ready.own_key_file() == launcher.key_file == tmp_path / "run" / own_address() / "torchserve" / "key_file.json"
+    )
 
 
 def test_train_service_runs_training_under_a_profile(services: dict[str, dict[str, Any]]) -> None:

@@ -152,14 +152,16 @@ def build_router(settings: Settings) -> APIRouter:
     async def ready(request: Request) -> JSONResponse:
         names = (settings.generate_model, settings.predict_model)
         report = await _client(request).readiness(names)
-        replicas = ReplicaCounts(ready=report.replicas_ready, known=report.replicas)
+        several = settings.replicas is not None or settings.discover_replicas  # the one-upstream body stays as it was
+        replicas = ReplicaCounts(ready=report.replicas_ready, known=report.replicas) if several else None
         if report.ready:
-            return JSONResponse(ReadyResponse(ready=True, models=report.models, replicas=replicas).model_dump())
+            body = ReadyResponse(ready=True, models=report.models, replicas=replicas)
+            return JSONResponse(body.model_dump(exclude_none=True))
         not_ready = [f"{name}: {detail}" for name, detail in report.models.items() if detail != "READY"]
         error = "; ".join(not_ready) or "no replica has a READY worker for every model"
-        body = NotReadyResponse(ready=False, models=report.models, replicas=replicas, error=error, type="not_ready")
+        failed = NotReadyResponse(ready=False, models=report.models, replicas=replicas, error=error, type="not_ready")
         headers = Unavailable("", retry_after_s=settings.retry_after_s).headers
-        return JSONResponse(body.model_dump(), status_code=503, headers=headers)
+        return JSONResponse(failed.model_dump(exclude_none=True), status_code=503, headers=headers)
 
     @router.get("/metrics", tags=["operations"], summary="Prometheus text: the gateway's request counts and latency")
     async def metrics(request: Request) -> PlainTextResponse:

@@ -113,7 +113,10 @@ class ReadyResponse(BaseModel):
     models: dict[str, str] = Field(
         description='Per model: "READY" (on at least one replica) or why not.', examples=[{"cola": "READY"}]
     )
-    replicas: ReplicaCounts
+    replicas: ReplicaCounts | None = Field(
+        default=None,
+        description="Only when the gateway is configured for several replicas (given or discovered).",
+    )
 
 
 class NotReadyResponse(ErrorResponse, ReadyResponse):

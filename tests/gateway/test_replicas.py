@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from gateway.app import create_app, http_client
 from gateway.replicas import Rotation, Upstream, at_addresses, discover, given, resolve_all
-from gateway.settings import REPO, Settings, SettingsError, load_settings
+from gateway.settings import REPO, ReplicaSettings, Settings, SettingsError, load_settings
 from gateway.torchserve import TorchServeClient
 from tests.gateway.conftest import FakeTorchServe
 
@@ -336,6 +336,21 @@ def test_ready_counts_replicas_and_names_no_address(gateway: TestClient, replica
     for response in (all_up, one_up, none_up):
         assert not any(a in response.text for a in ADDRESSES)
         assert str(replicas.root) not in response.text
+
+
+def test_ready_with_one_explicit_replica_counts_it_and_the_default_body_has_no_count(
+    upstream: FakeTorchServe, settings: Settings
+) -> None:
+    replica = {"inference_url": "http://127.0.0.1:8080", "management_url": "http://127.0.0.1:8081", "key_file": "x"}
+    one = ReplicaSettings.model_validate(replica).model_copy(update={"key_file": upstream.key_file})
+    explicit = settings.model_copy(update={"replicas": [one]})
+    bodies = []
+    for each in (explicit, settings):
+        with TestClient(create_app(each, transport=httpx.MockTransport(upstream))) as client:
+            bodies.append(client.get("/ready").json())
+
+    assert bodies[0]["replicas"] == {"ready": 1, "known": 1}
+    assert "replicas" not in bodies[1]  # the single-upstream default answers exactly as before
 
 
 def test_no_replica_discovered_yet_is_503_and_not_ready(tmp_path: Path) -> None:

@@ -24,11 +24,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from handlers.onnx_engine import ONNX_FILE, OnnxClassifier
 
 log = logging.getLogger(__name__)
 
 QUANTIZATION_SCHEMES = ("per_channel", "per_tensor")
+ENGINES = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Settings:
     """Per-archive settings, from the ``handler:`` section of ``model-config.yaml``."""
 
     max_length: int = 128  # tokens kept per text; longer texts are truncated, not rejected
+    engine: str = "torch"  # CPU engine: "torch" (weights quantized at load) or "onnxruntime" (the archive's model.onnx)
     num_threads: int = 1  # torch intra-op threads per worker; workers x threads should not exceed the cores
     quantize: bool = True  # int8 dynamic quantization of nn.Linear on CPU (ignored on CUDA, which uses fp16)
     quantization: str = "per_channel"  # weight observer: "per_channel" (default) or "per_tensor"
@@ -70,6 +74,8 @@ def settings_from(raw: Mapping[str, Any] | None) -> Settings:
     settings = Settings(**values)
     if settings.quantization not in QUANTIZATION_SCHEMES:
         raise ValueError(f"quantization must be one of {QUANTIZATION_SCHEMES}, not {settings.quantization!r}")
+    if settings.engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {settings.engine!r}")
     return settings
 
 
@@ -131,7 +137,7 @@ def read_texts(body: object, content_type: str | None, *, settings: Settings) ->
 
 @dataclass
 class Loaded:
-    model: nn.Module
+    model: nn.Module | OnnxClassifier  # either is called as model(**batch).logits
     tokenizer: PreTrainedTokenizerBase
     labels: list[str]  # index -> label name, from config.json's id2label
     device: torch.device
@@ -169,17 +175,26 @@ def pick_device(gpu_id: int | None) -> torch.device:
 
 
 def load(model_dir: str | Path, *, settings: Settings, device: torch.device | None = None) -> Loaded:
-    """Load tokenizer and model from a ``save_pretrained`` directory, ready for :func:`predict`."""
+    """Load tokenizer and model from a ``save_pretrained`` directory, ready for :func:`predict`.
+
+    CUDA always runs the ``transformers`` weights in fp16. On the CPU, engine ``torch`` quantizes the weights here
+    (int8 dynamic, unless ``quantize`` is off) and engine ``onnxruntime`` runs the directory's ``model.onnx``, whose
+    quantization was fixed when the archive was built.
+    """
     device = device or torch.device("cpu")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    torch.set_num_threads(settings.num_threads)
+    if device.type == "cpu" and settings.engine == "onnxruntime":
+        onnx = OnnxClassifier(Path(model_dir) / ONNX_FILE, num_threads=settings.num_threads)
+        return Loaded(
+            model=onnx, tokenizer=tokenizer, labels=labels_of(AutoConfig.from_pretrained(model_dir)), device=device
+        )
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     model.eval()
     if device.type == "cuda":
         model = model.half().to(device)
-    else:
-        torch.set_num_threads(settings.num_threads)
-        if settings.quantize:
-            model = quantize(model, scheme=settings.quantization, keep_fp32=settings.keep_fp32)
+    elif settings.quantize:
+        model = quantize(model, scheme=settings.quantization, keep_fp32=settings.keep_fp32)
     return Loaded(model=model, tokenizer=tokenizer, labels=labels_of(model.config), device=device)
 
 

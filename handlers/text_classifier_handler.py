@@ -71,8 +71,8 @@ class TextClassifierHandler:
             predict(self.loaded, ["warm-up"], max_length=self.settings.max_length)
         self.initialized = True
         log.info(
-            "loaded %s version %s on %s (quantize=%s/%s, threads=%d) in %.1fs",
-            self.headers["X-Model-Name"], self.headers["X-Model-Version"], device,
+            "loaded %s version %s on %s (engine=%s, quantize=%s/%s, threads=%d) in %.1fs",
+            self.headers["X-Model-Name"], self.headers["X-Model-Version"], device, self.settings.engine,
             self.settings.quantize and device.type == "cpu", self.settings.quantization,
             self.settings.num_threads, time.perf_counter() - started,
         )  # fmt: skip

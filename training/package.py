@@ -2,10 +2,12 @@
 
     python -m training.package --model-dir DIR --name cola [--version 2.0] [--model-store model_store]
 
-The archive is ``<store>/<name>-<version>.mar`` and holds the weights (fp32; the handler quantizes at load time),
-``config.json`` (with ``id2label``), the tokenizer files, ``MODEL_CARD.md`` / ``metrics.json`` when the model
-directory has them, the ``handlers`` package and a ``model-config.yaml`` with the serving defaults below. It is
-built under a temporary name and renamed into place, so the store never holds a half-written archive.
+The archive is ``<store>/<name>-<version>.mar`` and holds the weights (fp32: the CUDA path and the ``torch`` engine,
+which quantizes at load time), ``model.onnx`` for the ``onnxruntime`` engine (built here, int8 unless the handler
+settings say ``quantize: false``; see training/onnx_build.py), ``config.json`` (with ``id2label``), the tokenizer
+files, ``MODEL_CARD.md`` / ``metrics.json`` when the model directory has them, the ``handlers`` package and a
+``model-config.yaml`` with the serving defaults below. It is built under a temporary name and renamed into place, so
+the store never holds a half-written archive.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from handlers.text_classification import Settings, settings_from
+from training import onnx_build
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLER_FILE = REPO / "handlers" / "text_classifier_handler.py"
@@ -51,7 +56,9 @@ class ServingConfig:
     batch_size: int = 8
     max_batch_delay_ms: int = 10
     response_timeout_s: int = 30
-    handler: dict[str, Any] = field(default_factory=lambda: {"max_length": 128, "num_threads": 1, "quantize": True})
+    handler: dict[str, Any] = field(
+        default_factory=lambda: {"max_length": 128, "engine": "onnxruntime", "num_threads": 1, "quantize": True}
+    )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(
@@ -98,6 +105,14 @@ def check_model_dir(model_dir: Path) -> None:
         raise PackagingError(f"{model_dir}/config.json has no id2label: the handler needs label names")
 
 
+def handler_settings(serving: ServingConfig) -> Settings:
+    """The handler section validated exactly as the handler will read it: a bad archive is refused here."""
+    try:
+        return settings_from(serving.handler)
+    except ValueError as exc:
+        raise PackagingError(f"bad handler settings: {exc}") from None
+
+
 def _stage(model_dir: Path, staging: Path, serving: ServingConfig) -> Path:
     extra = staging / "extra"
     extra.mkdir()
@@ -105,6 +120,9 @@ def _stage(model_dir: Path, staging: Path, serving: ServingConfig) -> Path:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, extra / name)
     shutil.copytree(HANDLER_PACKAGE, extra / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    settings = handler_settings(serving)
+    if settings.engine == "onnxruntime":
+        onnx_build.build(model_dir, extra, settings)
     config_file = staging / "model-config.yaml"
     config_file.write_text(serving.to_yaml())
     return config_file

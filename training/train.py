@@ -17,7 +17,9 @@ import re
 import shlex
 import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,8 +38,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from handlers.text_classification import Settings, load, predict
-from training import report
+from handlers.text_classification import ENGINES, Settings, load, predict
+from training import onnx_build, report
 from training.package import VERSION_RE, PackagingError, ServingConfig, archive_name, next_version, package
 from training.tasks import TASKS, DataError, Examples, Splits, Task, compute_metrics, get_task
 
@@ -73,6 +75,7 @@ class Config:
     max_int8_drop: float
     quantization: str
     keep_fp32: tuple[str, ...]
+    engine: str
     group_by_length: bool
     log_every: int
 
@@ -112,6 +115,13 @@ def parse_args(argv: list[str] | None) -> Config:
         help="served int8 scheme; auto = the first of the candidates within --max-int8-drop (see docs/training.md)",
     )
     p.add_argument("--keep-fp32", nargs="*", default=[], help="module-name prefixes left fp32 (with a fixed scheme)")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="onnxruntime",
+        help="the handler's CPU engine to serve (and to check int8 with): onnxruntime (model.onnx built into the "
+        "archive) or torch (quantized at load)",
+    )
     p.add_argument("--no-group-by-length", action="store_true", help="plain shuffled batches (more padding)")
     p.add_argument("--log-every", type=int, default=20, help="log a progress line every N steps")
     a = p.parse_args(argv)
@@ -141,6 +151,7 @@ def parse_args(argv: list[str] | None) -> Config:
         max_int8_drop=a.max_int8_drop,
         quantization=a.quantization,
         keep_fp32=tuple(a.keep_fp32),
+        engine=a.engine,
         group_by_length=not a.no_group_by_length,
         log_every=a.log_every,
     )
@@ -327,7 +338,7 @@ def handler_predict(model_dir: Path, ex: Examples, settings: Settings) -> list[i
     return preds
 
 
-FP32 = {"quantize": False, "quantization": "per_channel", "keep_fp32": []}
+FP32 = {"engine": "torch", "quantize": False, "quantization": "per_channel", "keep_fp32": []}  # the reference
 
 
 def quantization_candidates(model_dir: Path, cfg: Config) -> list[dict[str, Any]]:
@@ -338,9 +349,11 @@ def quantization_candidates(model_dir: Path, cfg: Config) -> list[dict[str, Any]
     barely move. The fallbacks keep those in fp32. per_tensor is measured and reported only.
     """
     if cfg.quantization == "none":
-        return [FP32]
+        return [FP32 | {"engine": cfg.engine}]
     if cfg.quantization != "auto":
-        return [{"quantize": True, "quantization": cfg.quantization, "keep_fp32": list(cfg.keep_fp32)}]
+        return [
+            {"engine": cfg.engine, "quantize": True, "quantization": cfg.quantization, "keep_fp32": list(cfg.keep_fp32)}
+        ]
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     layer_of = {n: int(m.group(1)) for n in linear if (m := re.search(r"\.layer\.(\d+)\.", n))}
@@ -351,23 +364,46 @@ def quantization_candidates(model_dir: Path, cfg: Config) -> list[dict[str, Any]
     groups = [[], ffn_out, ffn_out + ffn_in, sorted(set(ffn_out + early))]
     unique = [g for i, g in enumerate(groups) if g not in groups[:i] and (not i or g)]
     return [
-        *({"quantize": True, "quantization": "per_channel", "keep_fp32": g} for g in unique),
-        {"quantize": True, "quantization": "per_tensor", "keep_fp32": [], "report_only": True},
+        *({"engine": cfg.engine, "quantize": True, "quantization": "per_channel", "keep_fp32": g} for g in unique),
+        {"engine": cfg.engine, "quantize": True, "quantization": "per_tensor", "keep_fp32": [], "report_only": True},
     ]
 
 
 def check_quantization(task: Task, splits: Splits, cfg: Config, best_dir: Path, threads: int) -> dict[str, Any]:
-    """fp32 vs int8 side by side on the same validation (and test) texts, through the handler's code."""
+    """fp32 vs int8 side by side on the same validation (and test) texts, through the handler's code: for the
+    ``onnxruntime`` engine, on the very ``model.onnx`` that packaging builds for the same settings."""
+    scratch = Path(tempfile.mkdtemp(prefix="quant-check-", dir=cfg.output))
+    exported: Path | None = None
 
     def run(ex: Examples, served: dict[str, Any]) -> list[int]:
+        nonlocal exported
         settings = Settings(max_length=cfg.max_length, num_threads=threads, warmup=False, **_settings_args(served))
-        return handler_predict(best_dir, ex, settings)
+        if settings.engine == "torch":
+            return handler_predict(best_dir, ex, settings)
+        exported = exported or onnx_build.export_fp32(best_dir, scratch / "fp32.onnx")
+        view = onnx_build.served_view(best_dir, Path(tempfile.mkdtemp(dir=scratch)), settings, fp32=exported)
+        return handler_predict(view, ex, settings)
+
+    try:
+        return _compare(task, splits, cfg, quantization_candidates(best_dir, cfg), run)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        torch.set_num_threads(threads)  # the handler's load() sets its own thread count
+
+
+def _compare(
+    task: Task,
+    splits: Splits,
+    cfg: Config,
+    served_candidates: list[dict[str, Any]],
+    run: Callable[[Examples, dict[str, Any]], list[int]],
+) -> dict[str, Any]:
 
     val = splits.validation
     fp32_preds = run(val, FP32)
     fp32 = {"validation": compute_metrics(val.labels, fp32_preds)}
     candidates: list[dict[str, Any]] = []
-    for served in quantization_candidates(best_dir, cfg):
+    for served in served_candidates:
         preds = run(val, served)
         metrics = compute_metrics(val.labels, preds)
         drop = fp32["validation"][task.metric] - metrics[task.metric]
@@ -377,7 +413,8 @@ def check_quantization(task: Task, splits: Splits, cfg: Config, best_dir: Path, 
             {"served": served, "validation": metrics, "drop": drop, "flips": flips, "eligible": not report_only}
         )
         log.info(
-            "%s %s keep_fp32=%d: %s (drop %.4f, %.1f%% labels differ from fp32)",
+            "%s %s %s keep_fp32=%d: %s (drop %.4f, %.1f%% labels differ from fp32)",
+            served["engine"],
             *("int8" if served["quantize"] else "fp32", served["quantization"], len(served["keep_fp32"])),
             *(report.fmt(metrics), drop, 100 * flips),
         )
@@ -387,12 +424,12 @@ def check_quantization(task: Task, splits: Splits, cfg: Config, best_dir: Path, 
     if chosen is not None and splits.test is not None:
         fp32["test"] = compute_metrics(splits.test.labels, run(splits.test, FP32))
         chosen["test"] = compute_metrics(splits.test.labels, run(splits.test, chosen["served"]))
-    torch.set_num_threads(threads)  # the handler's load() sets its own thread count
     return result
 
 
 def _settings_args(served: dict[str, Any]) -> dict[str, Any]:
     return {
+        "engine": served["engine"],
         "quantize": served["quantize"],
         "quantization": served["quantization"],
         "keep_fp32": tuple(served["keep_fp32"]),

@@ -6,17 +6,18 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+import yaml
 
 from handlers.text_classification import load, predict, settings_from, to_response
 from stack.torchserve import REPO, TorchServe
 from tests.conftest import free_port, free_ports
-from training.package import ServingConfig
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +30,19 @@ def post(ts: TorchServe, model: str, body: bytes, content_type: str = "applicati
     return httpx.post(f"{ts.inference_url}/predictions/{model}", content=body, headers=headers, timeout=30)
 
 
-def in_process(model_dir: Path, texts: list[str]) -> list[dict]:
-    """What the handler computes for these texts, with the archive's own settings."""
-    settings = settings_from(ServingConfig().handler)
+def in_process(archive: Path, texts: list[str], scratch: Path) -> list[dict]:
+    """What the handler computes for these texts from the archive's own files (model.onnx included) and settings."""
+    model_dir = scratch / archive.stem
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(model_dir)
+    settings = settings_from(yaml.safe_load((model_dir / "model-config.yaml").read_text())["handler"])
     loaded = load(model_dir, settings=settings)
     return to_response(predict(loaded, texts, max_length=settings.max_length), loaded.labels)
 
 
-def test_concurrent_requests_are_batched_and_match_in_process(torchserve: TorchServe, tiny_models) -> None:
+def test_concurrent_requests_are_batched_and_match_in_process(
+    torchserve: TorchServe, tiny_store: Path, tmp_path: Path
+) -> None:
     bodies = [json.dumps({"text": s}).encode() for s in SENTENCES]
     with ThreadPoolExecutor(max_workers=16) as pool:
         responses = list(pool.map(lambda b: post(torchserve, "sentiment", b), bodies))
@@ -44,7 +50,7 @@ def test_concurrent_requests_are_batched_and_match_in_process(torchserve: TorchS
     assert [r.status_code for r in responses] == [200] * len(bodies)
     assert max(int(r.headers["X-Batch-Size"]) for r in responses) > 1, "TorchServe never batched: test is void"
     assert {r.headers["X-Model-Version"] for r in responses} == {"1.0"}
-    expected = in_process(tiny_models["sentiment"], SENTENCES)
+    expected = in_process(tiny_store / "sentiment-1.0.mar", SENTENCES, tmp_path)
     for response, want in zip(responses, expected, strict=True):
         got = response.json()
         # int8 activations are quantized with one scale per forward pass, so batch neighbours move probabilities
@@ -76,12 +82,12 @@ def test_a_bad_request_in_a_batch_fails_alone(torchserve: TorchServe) -> None:
     assert batched_with_bad > 0, "no bad request shared a batch with others: test is void"
 
 
-def test_batch_body_and_plain_text(torchserve: TorchServe, tiny_models) -> None:
+def test_batch_body_and_plain_text(torchserve: TorchServe, tiny_store: Path, tmp_path: Path) -> None:
     texts = ["i are a boy", "Ünïcödé 😀 مرحبا", "the dog is good " * 200]
     response = post(torchserve, "cola", json.dumps({"texts": texts}).encode())
     assert response.status_code == 200
     body = response.json()
-    for got, want in zip(body, in_process(tiny_models["cola"], texts), strict=True):
+    for got, want in zip(body, in_process(tiny_store / "cola-1.0.mar", texts, tmp_path), strict=True):
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=0.03)
     plain = post(torchserve, "cola", b"i are a boy", "text/plain")
     assert plain.status_code == 200

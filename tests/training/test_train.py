@@ -67,6 +67,8 @@ def test_training_run_reports_and_packages_a_loadable_archive(
     config = yaml.safe_load((extracted / "model-config.yaml").read_text())
     settings = settings_from(config["handler"])
     assert settings.quantization == metrics["packaging"]["handler"]["quantization"]
+    assert settings.engine == "onnxruntime" == metrics["quantization"]["chosen"]["served"]["engine"]
+    assert (extracted / "model.onnx").stat().st_size > 0  # the int8 graph the quality check measured
     loaded = load(extracted, settings=settings)
     assert loaded.labels == list(get_task(task).labels)
     probs = predict(loaded, ["The app works.", "Who did you see?"], max_length=settings.max_length)

@@ -1,0 +1,91 @@
+"""The ``onnxruntime`` engine: the graph built by training/onnx_build.py, served through the handler's own
+``load`` / ``predict``, against the fp32 ``transformers`` model."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from handlers.onnx_engine import ONNX_FILE, OnnxClassifier
+from handlers.text_classification import Settings, load, predict, settings_from
+from training import onnx_build
+from training.package import PackagingError, ServingConfig, package
+
+TEXTS = ["i are a boy", "the dog is good and the app works well", "x", "Ünïcödé 😀 مرحبا " * 30]
+FFN_OUT = tuple(f"bert.encoder.layer.{i}.output.dense" for i in range(2))
+
+
+@pytest.fixture(scope="module")
+def fp32_export(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return onnx_build.export_fp32(tiny_models["sentiment"], tmp_path_factory.mktemp("export") / "fp32.onnx")
+
+
+def served(model_dir: Path, view: Path, fp32: Path, **settings: object) -> torch.Tensor:
+    chosen = Settings(engine="onnxruntime", warmup=False, **settings)  # type: ignore[arg-type]
+    loaded = load(onnx_build.served_view(model_dir, view, chosen, fp32=fp32), settings=chosen)
+    assert isinstance(loaded.model, OnnxClassifier)
+    return predict(loaded, TEXTS, max_length=chosen.max_length)
+
+
+def reference(model_dir: Path) -> torch.Tensor:
+    loaded = load(model_dir, settings=Settings(quantize=False, warmup=False))
+    return predict(loaded, TEXTS, max_length=128)
+
+
+def op_types(path: Path) -> dict[str, str]:
+    return {node.name: node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_fp32_graph_matches_the_transformers_model(tiny_models, fp32_export, tmp_path) -> None:
+    got = served(tiny_models["sentiment"], tmp_path, fp32_export, quantize=False)
+    assert torch.allclose(got, reference(tiny_models["sentiment"]), atol=1e-5)
+
+
+def test_int8_graph_is_quantized_and_close_to_fp32(tiny_models, fp32_export, tmp_path) -> None:
+    got = served(tiny_models["sentiment"], tmp_path, fp32_export)
+    ops = set(op_types(tmp_path / ONNX_FILE).values())
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops
+    assert torch.allclose(got.sum(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)
+    assert torch.allclose(got, reference(tiny_models["sentiment"]), atol=0.05)
+
+
+def test_keep_fp32_leaves_the_named_modules_unquantized(tiny_models, fp32_export, tmp_path) -> None:
+    served(tiny_models["sentiment"], tmp_path, fp32_export, keep_fp32=FFN_OUT)
+    ops = op_types(tmp_path / ONNX_FILE)
+    kept = [name for name in ops if onnx_build.module_of(name).startswith(FFN_OUT)]
+    assert kept, "no node of the kept modules: test is void"
+    assert all(ops[name] in {"MatMul", "Add"} for name in kept)
+    assert any(op == "MatMulInteger" for name, op in ops.items() if "intermediate" in name)
+
+
+def test_keep_fp32_naming_no_module_is_refused(fp32_export, tmp_path) -> None:
+    with pytest.raises(ValueError, match="matches no node"):
+        onnx_build.quantize_int8(fp32_export, tmp_path / "x.onnx", keep_fp32=("bert.no_such_module",))
+
+
+def test_module_of_maps_node_names_to_module_paths() -> None:
+    assert onnx_build.module_of("/bert/encoder/layer.0/output/dense/MatMul") == "bert.encoder.layer.0.output.dense"
+    assert onnx_build.module_of("/classifier/Gemm") == "classifier"
+
+
+def test_missing_graph_and_unknown_engine_are_clear_errors(tiny_models) -> None:
+    with pytest.raises(FileNotFoundError, match=r"must carry model\.onnx"):
+        load(tiny_models["cola"], settings=Settings(engine="onnxruntime"))
+    with pytest.raises(ValueError, match="engine must be one of"):
+        settings_from({"engine": "tensorrt"})
+
+
+def test_archives_carry_the_graph_only_for_the_onnxruntime_engine(tiny_models, tmp_path) -> None:
+    torch_engine = ServingConfig(handler={"engine": "torch", "quantize": True})
+    onnx_archive = package(tiny_models["cola"], name="cola", store=tmp_path, version="1.0")
+    torch_archive = package(tiny_models["cola"], name="cola", store=tmp_path, version="2.0", serving=torch_engine)
+    assert ONNX_FILE in zipfile.ZipFile(onnx_archive).namelist()
+    assert ONNX_FILE not in zipfile.ZipFile(torch_archive).namelist()
+    with pytest.raises(PackagingError, match="bad handler settings"):
+        package(
+            tiny_models["cola"], name="cola", store=tmp_path, version="3.0", serving=ServingConfig(handler={"x": 1})
+        )

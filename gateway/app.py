@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.aiohttp_transport import AiohttpTransport
 from gateway.errors import GatewayError, handle_error
 from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
@@ -38,7 +39,7 @@ def http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None =
         pool=settings.pool_timeout_s,
     )
     return httpx.AsyncClient(
-        transport=transport or httpx.AsyncHTTPTransport(limits=limits, retries=0),
+        transport=transport or AiohttpTransport(limits=limits),
         limits=limits,
         timeout=timeout,
         trust_env=False,

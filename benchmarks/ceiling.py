@@ -1,6 +1,7 @@
 """The ceiling: the handler's own batched forward throughput in-process, with all cores used the way the tuned
 server uses them (one single-threaded process per core, each running :func:`handlers.text_classification.predict`
-on batches of distinct texts). No HTTP, no queueing: the best any server on this engine can do on this machine."""
+on batches of distinct texts with the archive's own handler settings: engine, quantization). No HTTP, no
+queueing: the best any server on this engine can do on this machine."""
 
 from __future__ import annotations
 
@@ -12,13 +13,24 @@ from pathlib import Path
 from typing import Any
 
 
+def served_settings(model_dir: Path) -> Any:
+    """The handler settings of the extracted archive (engine, quantization, threads), as its workers read them."""
+    import yaml
+
+    from handlers.text_classification import settings_from
+
+    config = model_dir / "model-config.yaml"
+    section = yaml.safe_load(config.read_text()).get("handler") if config.is_file() else None
+    return settings_from(section)
+
+
 def _worker(
     model_dir: str, texts: list[str], batch: int, seconds: float, offset: int, barrier: Barrier, out: Any
 ) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
-    from handlers.text_classification import Settings, load, predict
+    from handlers.text_classification import load, predict
 
-    settings = Settings()  # num_threads=1, int8 per-channel: what the archives serve
+    settings = served_settings(Path(model_dir))
     loaded = load(model_dir, settings=settings)
     for _ in range(3):  # warm-up
         predict(loaded, texts[:batch], max_length=settings.max_length)

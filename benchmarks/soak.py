@@ -6,7 +6,8 @@
 Open loop: one request is started every 1/rate seconds whatever the previous ones do (alternating /generate and
 /predict, a few batch requests), so a slow server shows up as latency and errors, not as a lower rate. Reports
 every non-200 answer, latency percentiles per minute, and the RSS of every process of the stack (gateway,
-TorchServe's Java frontend, each Python worker) at start and end. Exit status 1 when any request failed.
+TorchServe's Java frontend, each Python worker) at the start, after every minute and at the end, so warm-up
+(growth that stops) can be told from a leak (growth that goes on). Exit status 1 when any request failed.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ class Soak:
     rate: float
     duration: float
     results: list[Result] = field(default_factory=list)
+    procs: dict[str, psutil.Process] = field(default_factory=dict)
+    rss_by_minute: list[dict[str, float | None]] = field(default_factory=list)
+
+    async def sample_memory(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            self.rss_by_minute.append(rss_mib(self.procs))
 
     async def one(self, client: httpx.AsyncClient, i: int, t0: float) -> None:
         path, body = REQUESTS[i % len(REQUESTS)]
@@ -63,10 +71,12 @@ class Soak:
         async with httpx.AsyncClient(base_url=self.url, timeout=60, limits=limits) as client:
             t0 = time.monotonic()
             tasks = []
+            sampler = asyncio.create_task(self.sample_memory())
             for i in range(int(self.rate * self.duration)):
                 await asyncio.sleep(max(0.0, t0 + i / self.rate - time.monotonic()))
                 tasks.append(asyncio.create_task(self.one(client, i, t0)))
             await asyncio.gather(*tasks)
+            sampler.cancel()
 
 
 def stack_processes(run_dir: Path) -> dict[str, psutil.Process]:
@@ -140,12 +150,12 @@ def report(soak: Soak, start_rss: dict[str, float | None], end_rss: dict[str, fl
             f"| {m + 1} | {len(window)} | {pct(ms, 50):.0f} | {pct(ms, 95):.0f} | {pct(ms, 99):.0f} | "
             f"{max(ms):.0f} | {bad} |"
         )
-    lines += ["", "| process | RSS start MiB | RSS end MiB |", "|---|---|---|"]
-    for name in sorted(set(start_rss) | set(end_rss)):
-        start, end = start_rss.get(name), end_rss.get(name)
-        lines.append(
-            f"| {name} | {'-' if start is None else f'{start:.0f}'} | {'-' if end is None else f'{end:.0f}'} |"
-        )
+    samples = [start_rss, *soak.rss_by_minute, end_rss]
+    heads = ["start", *(f"min {m + 1}" for m in range(len(soak.rss_by_minute))), "end"]
+    lines += ["", f"| process (RSS MiB) | {' | '.join(heads)} |", "|---|" + "---|" * len(heads)]
+    for name in sorted(set().union(*samples)):
+        values = [sample.get(name) for sample in samples]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.0f}" for v in values) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -171,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     procs = stack_processes(args.run_dir)
     start_rss = rss_mib(procs)
-    soak = Soak(args.url, args.rate, args.duration)
+    soak = Soak(args.url, args.rate, args.duration, procs=procs)
     started = time.monotonic()
     asyncio.run(soak.run())
     wall = time.monotonic() - started

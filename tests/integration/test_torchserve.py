@@ -102,6 +102,14 @@ def test_token_is_required(torchserve: TorchServe) -> None:
     assert httpx.get(f"{torchserve.management_url}/models").status_code == 400
 
 
+def test_the_java_frontend_heap_is_bounded(torchserve: TorchServe) -> None:
+    pid = torchserve.running_pid()
+    assert pid is not None
+    java = [p for p in psutil.Process(pid).children(recursive=True) if "org.pytorch.serve.ModelServer" in p.cmdline()]
+    assert len(java) == 1
+    assert "-Xmx512m" in java[0].cmdline()  # config.properties vmargs: memory cannot grow without bound
+
+
 def test_only_store_archives_can_be_registered(torchserve: TorchServe, tmp_path: Path) -> None:
     key = torchserve.keys()["management"]
     outside = tmp_path / "evil.mar"

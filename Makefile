@@ -70,7 +70,7 @@ bench: venv java  ## naive vs TorchServe vs gateway under wrk -> docs/benchmarks
 RATE ?= 20
 DURATION ?= 300
 soak: venv  ## bounded soak (DURATION s at RATE requests/s) against a running stack (make start) -> docs/reliability.md
-	$(PY) -m benchmarks.soak --rate $(RATE) --duration $(DURATION) --write-doc
+	$(PY) -m benchmarks.soak --rate $(RATE) --duration $(DURATION) --data-dir $(DATA_DIR) --write-doc
 
 test-slow: venv java  ## the long tier kept out of `make test` (bigger fuzz run, full TorchServe restart under load)
 	$(PY) -m pytest -m slow

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def machine() -> dict[str, Any]:
+    import onnxruntime
     import torch
 
     model, flags = "unknown", ""
@@ -69,6 +70,7 @@ def machine() -> dict[str, Any]:
         "isa": ", ".join(isa) or "none of avx2/avx512/vnni/amx",
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
         "kernel": platform.release(),
     }
@@ -247,7 +249,7 @@ def render(
     lines += [
         f"- Date: {conditions['started']} ({conditions['minutes']} min); command: `{command}`",
         f"- Machine: {m['cpu']}, {m['cores']} cores ({m['isa']}), {m['memory_gib']} GiB; torch {m['torch']}, "
-        f"Python {m['python']}, Linux {m['kernel']}",
+        f"onnxruntime {m['onnxruntime']}, Python {m['python']}, Linux {m['kernel']}",
         f"- Models: {', '.join(f'`{p.name}`' for p in archives.values())}; texts: CoLA in-domain dev sentences "
         "(`/generate`), Google Play review texts (`/predict`); batch endpoints send 8 texts per request",
         f"- Runs: {args.duration:g} s per cell, {args.repeats} repetition(s), medians; {args.warmup:g} s warm-up per "
@@ -278,8 +280,9 @@ METHOD = """
 version of each model in `model_store/`) and the same texts:
 
 1. **naive baseline** (`benchmarks/baselines/naive_server.py`): one uvicorn process, FastAPI, the model loaded at
-   start-up with the handler's own `load` (default settings: int8 dynamic quantization, one torch thread) and
-   called inside the `async` endpoint per request, as the original projects served it;
+   start-up with the handler's own `load` and its PyTorch defaults (engine `torch`: every Linear int8, dynamic
+   quantization, one torch thread) and called inside the `async` endpoint per request, as the original projects
+   served their PyTorch models (with int8 added, which only makes the baseline faster);
 2. **TorchServe direct**: the inference API (`/predictions/<model>`, `{"text"}` / `{"texts"}`, inference token);
 3. **gateway (full stack)**: `python -m stack start` on free loopback ports, requests through the gateway.
 
@@ -288,8 +291,10 @@ sentences or review texts, for a bounded duration, at 1, 8, 32 and 64 connection
 sends its next request when the previous one is answered). Reported per cell: requests/s, texts/s, p50/p90/p99
 latency, errors (non-2xx answers + socket errors), CPU seconds of each server process during the run (psutil,
 before/after: naive process; gateway; TorchServe frontend (JVM); TorchServe workers) and of `wrk` itself. The
-ceiling is the handler's batched forward (`handlers.text_classification.predict`) in-process, one single-threaded
-process per core, batch 8, texts/s summed. Each cell is repeated and the median is quoted.
+ceiling is the handler's batched forward (`handlers.text_classification.predict`) in-process with the archive's own
+handler settings (the served engine, ONNX Runtime int8), one single-threaded process per core, batch 8, texts/s
+summed. Each cell is repeated and the median is quoted. How the stack was tuned, what each lever measured and what
+limits the numbers below: [performance.md](performance.md).
 
 Options: `--duration`, `--repeats`, `--concurrency 1,8,32,64`, `--configs naive,torchserve,gateway`,
 `--endpoints generate,predict,generate/batch,predict/batch`, `--model-store`, `--data-dir`, `--ceiling-seconds`,

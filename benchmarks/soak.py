@@ -3,17 +3,19 @@
     .venv/bin/python -m benchmarks.soak --rate 20 --duration 300            # make start first
     .venv/bin/python -m benchmarks.soak --rate 20 --duration 300 --write-doc # also update docs/reliability.md
 
-Open loop: one request is started every 1/rate seconds whatever the previous ones do (alternating /generate and
-/predict, a few batch requests), so a slow server shows up as latency and errors, not as a lower rate. Reports
-every non-200 answer, latency percentiles per minute, and the RSS of every process of the stack (gateway,
-TorchServe's Java frontend, each Python worker) at the start, after every minute and at the end, so warm-up
-(growth that stops) can be told from a leak (growth that goes on). Exit status 1 when any request failed.
+Open loop: one request is started every 1/rate seconds whatever the previous ones do (distinct CoLA sentences to
+/generate and app reviews to /predict, 2:2, and one /predict/batch of 4 reviews in every 5 requests), so a slow
+server shows up as latency and errors, not as a lower rate. Reports every non-200 answer, latency percentiles per
+minute, and the RSS of every process of the stack (gateway, TorchServe's Java frontend, each Python worker) at the
+start, after every minute and at the end, so warm-up (growth that stops) can be told from a leak (growth that goes
+on). Exit status 1 when any request failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -24,16 +26,28 @@ from pathlib import Path
 import httpx
 import psutil
 
+from benchmarks.load import cola_sentences, review_texts
+from gateway.aiohttp_transport import AiohttpTransport
+
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "reliability.md"
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
-REQUESTS = [
-    ("/generate", {"passage": "The cat sat on the mat."}),
-    ("/predict", {"text": "Great app, but it crashes after the update"}),
-    ("/generate", {"passage": "I are a boy"}),
-    ("/predict", {"text": "works fine"}),
-    ("/predict/batch", {"texts": ["love it", "hate it", "meh", "ok"]}),
-]
+MIX = ("/generate", "/predict", "/generate", "/predict", "/predict/batch")  # 2 : 2 : 1, batches of 4 reviews
+
+
+def requests_from(data_dir: Path) -> list[tuple[str, dict[str, object]]]:
+    """Distinct real texts (CoLA dev sentences, app reviews), cycled through the mix of endpoints."""
+    sentences, reviews = cola_sentences(data_dir), review_texts(data_dir)
+    out: list[tuple[str, dict[str, object]]] = []
+    for i in range(max(len(sentences), len(reviews))):
+        path = MIX[i % len(MIX)]
+        if path == "/generate":
+            out.append((path, {"passage": sentences[i % len(sentences)]}))
+        elif path == "/predict":
+            out.append((path, {"text": reviews[i % len(reviews)]}))
+        else:
+            out.append((path, {"texts": [reviews[(i + k) % len(reviews)] for k in range(4)]}))
+    return out
 
 
 @dataclass
@@ -49,6 +63,7 @@ class Soak:
     rate: float
     duration: float
     results: list[Result] = field(default_factory=list)
+    requests: list[tuple[str, dict[str, object]]] = field(default_factory=list)
     procs: dict[str, psutil.Process] = field(default_factory=dict)
     rss_by_minute: list[dict[str, float | None]] = field(default_factory=list)
 
@@ -58,7 +73,7 @@ class Soak:
             self.rss_by_minute.append(rss_mib(self.procs))
 
     async def one(self, client: httpx.AsyncClient, i: int, t0: float) -> None:
-        path, body = REQUESTS[i % len(REQUESTS)]
+        path, body = self.requests[i % len(self.requests)]
         started = time.monotonic()
         try:
             status = (await client.post(path, json=body)).status_code
@@ -68,7 +83,8 @@ class Soak:
 
     async def run(self) -> None:
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        async with httpx.AsyncClient(base_url=self.url, timeout=60, limits=limits) as client:
+        transport = AiohttpTransport(limits=limits)  # the client shares the 2 cores: keep its CPU per request low
+        async with httpx.AsyncClient(base_url=self.url, timeout=60, limits=limits, transport=transport) as client:
             t0 = time.monotonic()
             tasks = []
             sampler = asyncio.create_task(self.sample_memory())
@@ -174,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second (steady, open loop)")
     parser.add_argument("--duration", type=float, default=300.0, help="seconds (bounded; default 5 minutes)")
     parser.add_argument("--run-dir", type=Path, default=REPO / "run", help="where the stack's pid files are")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", REPO.parent / "shared" / "data"))
+    )
     parser.add_argument("--write-doc", action="store_true", help=f"replace the soak section of {DOC.name}")
     args = parser.parse_args(argv)
     if httpx.get(f"{args.url}/ready", timeout=10).status_code != 200:
@@ -181,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     procs = stack_processes(args.run_dir)
     start_rss = rss_mib(procs)
-    soak = Soak(args.url, args.rate, args.duration, procs=procs)
+    soak = Soak(args.url, args.rate, args.duration, requests=requests_from(args.data_dir), procs=procs)
     started = time.monotonic()
     asyncio.run(soak.run())
     wall = time.monotonic() - started

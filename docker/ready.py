@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stack.__main__ import run_dir_of
 from stack.management import Management, ManagementError, archives_in
+from stack.run_dir import run_dir_of
 
 
 def own_key_file() -> Path:

@@ -15,30 +15,18 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from stack.gateway import Gateway
 from stack.management import Management, ManagementError, archives_in, register_store
+from stack.run_dir import IP_PLACEHOLDER, run_dir_of
 from stack.torchserve import REPO, Ports, StackError, TorchServe
 
 DEFAULT_TASKS = ("cola", "sentiment")
-IP_PLACEHOLDER = "{ip}"
-
-
-def own_address() -> str:
-    """This host's address as other hosts see it (in a container: the container's address on its network)."""
-    return socket.gethostbyname(socket.gethostname())
-
-
-def run_dir_of(template: str, *, address: Callable[[], str] = own_address) -> Path:
-    """``RUN_DIR`` with ``{ip}`` replaced by this host's address: the replicas of a scaled compose service share one
-    volume, and each keeps its pid file, key file and logs in a directory of its own (docker/ready.py too)."""
-    return Path(template.replace(IP_PLACEHOLDER, address()) if IP_PLACEHOLDER in template else template)
 
 
 def ports_arg(value: str) -> Ports:

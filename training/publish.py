@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from stack.management import ARCHIVE_RE, DEFAULTS_FILE, Management, ManagementError, version_key
+from stack.run_dir import default_key_file
 
 REPO = Path(__file__).resolve().parent.parent
 HISTORY_LENGTH = 10
@@ -252,8 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--key-file",
         type=Path,
-        default=Path(os.environ.get("KEY_FILE", REPO / "run" / "torchserve" / "key_file.json")),
-        help="TorchServe's key_file.json (the management key is read from it)",
+        default=default_key_file(),
+        help="TorchServe's key_file.json (the management key is read from it); default: $KEY_FILE, else "
+        "$RUN_DIR/torchserve/key_file.json with {ip} replaced by this host's address (run/ by default)",
     )
     parser.add_argument("--model-store", type=Path, default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")))
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for workers / draining")

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from gateway.settings import ENV_PREFIX, HOST_PLACEHOLDER, Settings
-from stack.__main__ import IP_PLACEHOLDER, build_parser, own_address, run_dir_of
+from stack.__main__ import build_parser
+from stack.run_dir import IP_PLACEHOLDER, own_address, run_dir_of
 from stack.torchserve import CONFIG, REPO, Ports, TorchServe
 from tests.deploy.conftest import APP, Dockerfile, exec_form
 

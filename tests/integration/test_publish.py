@@ -19,7 +19,7 @@ from stack.torchserve import Ports, TorchServe
 from tests.conftest import free_port, free_ports
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.tiny_models import COLA_LABELS, make_tiny_classifier
-from training.package import package
+from training.package import ServingConfig, package
 from training.publish import main as publish
 
 pytestmark = pytest.mark.integration
@@ -79,7 +79,7 @@ def test_errors_are_one_line_and_exit_1(stack: Stack, capsys: pytest.CaptureFixt
     assert stack.publish("list") == 0
     listing = capsys.readouterr().out
     assert [line.split() for line in listing.splitlines() if line.startswith("cola")] == [
-        ["cola", "1.0", "workers=READY", "default"]
+        ["cola", "1.0", "workers=" + ",".join(["READY"] * ServingConfig().min_workers), "default"]
     ]
 
 

@@ -20,6 +20,7 @@ from stack.torchserve import TorchServe
 from tests.conftest import free_ports, management_client
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.reliability.conftest import assert_error_body
+from training.package import ServingConfig
 
 pytestmark = pytest.mark.integration
 
@@ -96,11 +97,18 @@ def test_a_killed_worker_is_replaced_and_the_gateway_recovers(
     settings = settings_for(ts, retry_after_s=RETRY_AFTER_S, read_timeout_s=READ_TIMEOUT_S)
     with running_gateway(settings) as base_url, under_load(base_url) as load:
         wait_for(lambda: load.statuses()[200] >= 10, timeout=30, what="10 answers before the kill")
-        (victim,) = worker_pids(ts, "cola")
+        workers = worker_pids(ts, "cola")
+        assert len(workers) == ServingConfig().min_workers
+        victim = workers[0]
         assert "model_service_worker" in " ".join(psutil.Process(victim).cmdline())
         killed_at = time.monotonic()
         psutil.Process(victim).kill()
-        wait_for(lambda: (worker_pids(ts, "cola") or [victim]) != [victim], timeout=90, what="a new cola worker")
+
+        def replaced() -> bool:
+            now = worker_pids(ts, "cola")
+            return victim not in now and len(now) == len(workers)
+
+        wait_for(replaced, timeout=90, what="a new cola worker in place of the killed one")
         replaced_at = time.monotonic()
         wait_for(lambda: load.statuses(since=replaced_at + 0.5)[200] >= 10, timeout=30, what="10 answers after")
         ready = httpx.get(f"{base_url}/ready", timeout=10)

@@ -172,6 +172,17 @@ def package(
     return target
 
 
+def checked_handler_section(model_dir: Path) -> dict[str, Any] | None:
+    """The handler settings a training run checked for this model (``metrics.json`` beside the weights), if any: a
+    model re-packaged (e.g. with a newer handler) keeps the int8 setting that passed its quality check."""
+    try:
+        metrics = json.loads((model_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    section = (metrics.get("packaging") or {}).get("handler") if isinstance(metrics, dict) else None
+    return dict(section) if isinstance(section, dict) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.package", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, required=True, help="a save_pretrained directory (model+tokenizer)")
@@ -190,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms,
         response_timeout_s=args.response_timeout_s,
+        handler=checked_handler_section(args.model_dir) or ServingConfig().handler,
     )
     try:
         path = package(args.model_dir, name=args.name, store=args.model_store, version=args.version, serving=serving)

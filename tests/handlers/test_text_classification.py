@@ -11,8 +11,10 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 from ts.context import Context, RequestProcessor
 
 from handlers.text_classification import (
+    PADDING_SLACK,
     BadRequest,
     Settings,
+    length_groups,
     load,
     predict,
     quantize,
@@ -97,6 +99,33 @@ def test_predict_batches_match_single_texts(cola) -> None:
     for i, text in enumerate(texts):
         assert torch.allclose(predict(cola, [text], max_length=128)[0], batched[i], atol=1e-5)
     assert len({round(p, 4) for p in batched[:, 1].tolist()}) == 4  # the tiny model tells texts apart
+
+
+@pytest.mark.parametrize(
+    ("lengths", "groups"),
+    [
+        ([10, 11, 9, 12, 10, 11, 10, 9], [[2, 7, 0, 4, 6, 1, 5, 3]]),  # similar sentences: one forward
+        ([5, 128, 6, 120, 7], [[0, 2, 4], [3, 1]]),  # short and long reviews are not padded to each other
+        ([3], [[0]]),
+        ([], []),
+    ],
+)
+def test_length_groups_bound_the_padding(lengths: list[int], groups: list[list[int]]) -> None:
+    got = length_groups(lengths)
+    assert got == groups
+    assert sorted(i for g in got for i in g) == list(range(len(lengths)))
+    for g in got:
+        assert max(lengths[i] for i in g) * len(g) <= PADDING_SLACK * sum(lengths[i] for i in g)
+
+
+def test_grouped_forwards_match_one_padded_forward(cola) -> None:
+    """Splitting a batch by length changes no fp32 probability: padding is masked either way."""
+    texts = ["a", "great app love it but it crashes " * 12, "the dog", "i are a boy " * 20, "x y"]
+    assert len(length_groups([len(ids) for ids in cola.tokenizer(texts)["input_ids"]])) > 1, "one group: test is void"
+    batch = cola.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.inference_mode():
+        one_forward = torch.softmax(cola.model(**batch).logits, dim=-1)
+    assert torch.allclose(predict(cola, texts, max_length=128), one_forward, atol=1e-5)
 
 
 def test_long_texts_are_truncated_not_rejected(cola) -> None:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from handlers.text_classification import load, predict, settings_from
+from training.package import main as package_main
 from training.tasks import TASKS, DataError, get_task, read_cola_tsv
 from training.train import main, make_batches
 
@@ -73,6 +74,12 @@ def test_training_run_reports_and_packages_a_loadable_archive(
     assert loaded.labels == list(get_task(task).labels)
     probs = predict(loaded, ["The app works.", "Who did you see?"], max_length=settings.max_length)
     assert probs.shape == (2, len(loaded.labels))
+
+    # re-packaging the run's model (e.g. with a newer handler) keeps the int8 setting its check passed
+    assert package_main(["--model-dir", str(out / "best"), "--name", task, "--model-store", str(store)]) == 0
+    with zipfile.ZipFile(store / f"{task}-2.0.mar") as zf:
+        repackaged = yaml.safe_load(zf.read("model-config.yaml"))
+    assert repackaged["handler"] == config["handler"] == metrics["packaging"]["handler"]
 
 
 def test_second_run_gets_the_next_version(tiny_models: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import psutil
 
 from benchmarks import ceiling, report
 from benchmarks.load import ENDPOINTS, LoadError, cola_sentences, require_wrk, review_texts, run_wrk, write_bodies
-from benchmarks.servers import Naive, ServerError, Stack, cpu_seconds, extract, rss_mib, served_archives
+from benchmarks.servers import Naive, ServerError, Stack, cpu_seconds, extract, rss_mib, served_archives, wait_idle
 from stack.torchserve import REPO
 
 CONFIGS = ("naive", "torchserve", "gateway")
@@ -109,6 +109,7 @@ def measure_config(
         for endpoint in args.endpoints:
             for c in args.concurrency:
                 roles = server.roles()
+                wait_idle([p for ps in roles.values() for p in ps])  # the previous cell's backlog is served first
                 before = {role: cpu_seconds(ps) for role, ps in roles.items()}
                 r = run_wrk(
                     url(endpoint), bodies[endpoint, torchserve], connections=c, seconds=args.duration, auth=auth
@@ -288,13 +289,14 @@ version of each model in `model_store/`) and the same texts:
 
 Load: `wrk` (one thread, `benchmarks/lua/post.lua`) sends distinct JSON bodies round-robin from a file of CoLA dev
 sentences or review texts, for a bounded duration, at 1, 8, 32 and 64 connections (closed loop: each connection
-sends its next request when the previous one is answered). Reported per cell: requests/s, texts/s, p50/p90/p99
-latency, errors (non-2xx answers + socket errors), CPU seconds of each server process during the run (psutil,
-before/after: naive process; gateway; TorchServe frontend (JVM); TorchServe workers) and of `wrk` itself. The
-ceiling is the handler's batched forward (`handlers.text_classification.predict`) in-process with the archive's own
-handler settings (the served engine, ONNX Runtime int8), one single-threaded process per core, batch 8, texts/s
-summed. Each cell is repeated and the median is quoted. How the stack was tuned, what each lever measured and what
-limits the numbers below: [performance.md](performance.md).
+sends its next request when the previous one is answered); each cell starts once the server processes are idle
+again (a run ends with requests still queued, which the next cell must not pay for). Reported per cell: requests/s,
+texts/s, p50/p90/p99 latency, errors (non-2xx answers + socket errors), CPU seconds of each server process during
+the run (psutil, before/after: naive process; gateway; TorchServe frontend (JVM); TorchServe workers) and of `wrk`
+itself. The ceiling is the handler's batched forward (`handlers.text_classification.predict`) in-process with the
+archive's own handler settings (the served engine, ONNX Runtime int8), one single-threaded process per core, batch
+8, texts/s summed. Each cell is repeated and the median is quoted. How the stack was tuned, what each lever
+measured and what limits the numbers below: [performance.md](performance.md).
 
 Options: `--duration`, `--repeats`, `--concurrency 1,8,32,64`, `--configs naive,torchserve,gateway`,
 `--endpoints generate,predict,generate/batch,predict/batch`, `--model-store`, `--data-dir`, `--ceiling-seconds`,

@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,22 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
         except psutil.Error:
             pass
     return total
+
+
+def wait_idle(
+    procs: list[psutil.Process], *, below: float = 0.05, window_s: float = 0.5, timeout_s: float = 120
+) -> float:
+    """Wait until ``procs`` together use less than ``below`` of one core over ``window_s``; return the seconds waited.
+
+    A closed-loop run ends with requests still queued in the server (64 clients of 8-review batches leave seconds of
+    work behind): the next cell must not start while that backlog is still being served."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        before = cpu_seconds(procs)
+        time.sleep(window_s)
+        if cpu_seconds(procs) - before < below * window_s:
+            break
+    return time.monotonic() - started
 
 
 def rss_mib(procs: list[psutil.Process]) -> float:

@@ -1,7 +1,9 @@
 """Start, watch and stop one TorchServe process tree: the only module that knows how TorchServe is launched.
 
 TorchServe writes state relative to its environment: ``key_file.json`` into its working directory, the pid file
-and worker sockets into ``$TMPDIR``, logs into ``$LOG_LOCATION``. :class:`TorchServe` pins all of them under one
+into ``$TMPDIR``, the workers' Unix sockets (``.ts.sock.9000``...) and extracted archives into ``$TEMP`` (Java's
+``java.io.tmpdir``, /tmp when unset: two instances would connect to each other's workers), logs into
+``$LOG_LOCATION``. :class:`TorchServe` pins all of them under one
 run directory, so a stack started here (``make start``) or by a test never collides with another one, and stopping
 it kills the whole process group (frontend and every worker), never leaving a process behind.
 """
@@ -102,7 +104,8 @@ class TorchServe:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            TMPDIR=str(self.run_dir / "tmp"),
+            TMPDIR=str(self.run_dir / "tmp"),  # the pid file
+            TEMP=str(self.run_dir / "tmp"),  # java.io.tmpdir: the workers' Unix sockets and extracted archives
             LOG_LOCATION=str(self.log_dir),
             METRICS_LOCATION=str(self.log_dir),
             HF_HUB_OFFLINE="1",

@@ -102,6 +102,21 @@ def test_token_is_required(torchserve: TorchServe) -> None:
     assert httpx.get(f"{torchserve.management_url}/models").status_code == 400
 
 
+def test_worker_sockets_live_in_the_run_directory(torchserve: TorchServe) -> None:
+    """Two instances on one machine (tests, compose replicas, a benchmark beside `make serve`) would otherwise share
+    /tmp/.ts.sock.9000 and connect to each other's workers."""
+    pid = torchserve.running_pid()
+    assert pid is not None
+    workers = [
+        p.cmdline()
+        for p in psutil.Process(pid).children(recursive=True)
+        if "model_service_worker" in " ".join(p.cmdline())
+    ]
+    assert workers
+    for cmd in workers:
+        assert cmd[cmd.index("--sock-name") + 1].startswith(str(torchserve.run_dir / "tmp") + "/")
+
+
 def test_the_java_frontend_heap_is_bounded(torchserve: TorchServe) -> None:
     pid = torchserve.running_pid()
     assert pid is not None

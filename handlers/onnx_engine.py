@@ -47,6 +47,8 @@ class OnnxClassifier:
         missing = [name for name in self.inputs if name not in batch]
         if missing:
             raise ValueError(f"the tokenizer did not produce the model's input(s) {missing}")
-        feed: Mapping[str, np.ndarray] = {name: batch[name].numpy().astype(np.int64) for name in self.inputs}
+        feed: Mapping[str, np.ndarray] = {
+            name: batch[name].numpy().astype(np.int64, copy=False) for name in self.inputs
+        }
         (logits,) = self.session.run(["logits"], feed)
         return Output(logits=torch.from_numpy(logits))

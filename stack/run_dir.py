@@ -9,7 +9,8 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from stack.torchserve import REPO
+
 IP_PLACEHOLDER = "{ip}"
 
 

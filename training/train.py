@@ -374,15 +374,19 @@ def check_quantization(task: Task, splits: Splits, cfg: Config, best_dir: Path, 
     ``onnxruntime`` engine, on the very ``model.onnx`` that packaging builds for the same settings."""
     scratch = Path(tempfile.mkdtemp(prefix="quant-check-", dir=cfg.output))
     exported: Path | None = None
+    views: dict[Settings, Path] = {}  # one model.onnx per setting, built once (the chosen one also runs the test set)
 
     def run(ex: Examples, served: dict[str, Any]) -> list[int]:
         nonlocal exported
         settings = Settings(max_length=cfg.max_length, num_threads=threads, warmup=False, **_settings_args(served))
         if settings.engine == "torch":
             return handler_predict(best_dir, ex, settings)
-        exported = exported or onnx_build.export_fp32(best_dir, scratch / "fp32.onnx")
-        view = onnx_build.served_view(best_dir, Path(tempfile.mkdtemp(dir=scratch)), settings, fp32=exported)
-        return handler_predict(view, ex, settings)
+        if settings not in views:
+            exported = exported or onnx_build.export_fp32(best_dir, scratch / "fp32.onnx")
+            views[settings] = onnx_build.served_view(
+                best_dir, Path(tempfile.mkdtemp(dir=scratch)), settings, fp32=exported
+            )
+        return handler_predict(views[settings], ex, settings)
 
     try:
         return _compare(task, splits, cfg, quantization_candidates(best_dir, cfg), run)

@@ -25,6 +25,7 @@ from benchmarks import ceiling, report
 from benchmarks.load import ENDPOINTS, LoadError, cola_sentences, require_wrk, review_texts, run_wrk, write_bodies
 from benchmarks.servers import Naive, ServerError, Stack, cpu_seconds, extract, rss_mib, served_archives, wait_idle
 from stack.torchserve import REPO
+from training.tasks import default_data_dir
 
 CONFIGS = ("naive", "torchserve", "gateway")
 
@@ -36,7 +37,7 @@ def csv_list(value: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--model-store", type=Path, default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")))
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", REPO.parent / "shared" / "data")))
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--duration", type=float, default=10, help="seconds per measured wrk run")
     p.add_argument("--warmup", type=float, default=3, help="seconds of discarded load per configuration x endpoint")
     p.add_argument("--repeats", type=int, default=3, help="repetitions per cell; medians are reported")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
@@ -28,6 +27,7 @@ import psutil
 
 from benchmarks.load import cola_sentences, review_texts
 from gateway.aiohttp_transport import AiohttpTransport
+from training.tasks import default_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "reliability.md"
@@ -190,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second (steady, open loop)")
     parser.add_argument("--duration", type=float, default=300.0, help="seconds (bounded; default 5 minutes)")
     parser.add_argument("--run-dir", type=Path, default=REPO / "run", help="where the stack's pid files are")
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", REPO.parent / "shared" / "data"))
-    )
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--write-doc", action="store_true", help=f"replace the soak section of {DOC.name}")
     args = parser.parse_args(argv)
     if httpx.get(f"{args.url}/ready", timeout=10).status_code != 200:

@@ -13,6 +13,7 @@ from stack.management import Management, register_store
 from stack.torchserve import Ports, TorchServe
 from tests.tiny_models import COLA_LABELS, SENTIMENT_LABELS, make_tiny_classifier
 from training.package import package
+from training.tasks import default_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,8 +34,8 @@ def free_ports() -> Ports:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The real datasets (``DATA_DIR``, default ``../shared/data`` beside the repository)."""
-    return Path(os.environ.get("DATA_DIR", REPO.parent / "shared" / "data"))
+    """The real datasets (``DATA_DIR``, default the repository's ``data/``)."""
+    return default_data_dir()
 
 
 @pytest.fixture(scope="session")

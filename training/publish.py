@@ -7,8 +7,10 @@
     python -m training.publish unregister cola 2.0 [--delete-archive]            # refuses the current default
     python -m training.publish scale cola 2.0 --workers 2
 
-The default version chosen here is also written to ``<model_store>/defaults.json`` (atomically), with a short
-history for ``rollback``: ``{"cola": {"default": "2.0", "history": ["1.0"]}}``. TorchServe runs without snapshots
+The default version chosen here is written to ``<model_store>/defaults.json`` (atomically) *before* TorchServe is
+told, and put back if TorchServe refuses, so the file and the running default never disagree; a store that cannot be
+written fails the command with one line and TorchServe unchanged. The file keeps a short history for ``rollback``:
+``{"cola": {"default": "2.0", "history": ["1.0"]}}``. TorchServe runs without snapshots
 (``--ncs``); at every start the launcher re-registers each archive of the store and sets the defaults recorded in
 that file (stack/management.py ``register_store``), so a restart serves the same versions and the same default.
 
@@ -44,10 +46,13 @@ class PublishError(RuntimeError):
 def read_defaults(store: Path) -> dict[str, dict[str, Any]]:
     """``defaults.json`` as ``{name: {"default": v, "history": [...]}}`` (a plain ``{name: v}`` file is accepted)."""
     path = store / DEFAULTS_FILE
-    if not path.is_file():
-        return {}
     try:
+        if not path.is_file():
+            return {}
         data = json.loads(path.read_text())
+    except OSError as exc:
+        raise PublishError(f"cannot read {path} ({exc.strerror}; running as uid {os.getuid()}): TorchServe was not "
+                           "changed; make the model store readable and writable for this user") from None  # fmt: skip
     except ValueError as exc:
         raise PublishError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
     result: dict[str, dict[str, Any]] = {}
@@ -63,9 +68,13 @@ def read_defaults(store: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_defaults(store: Path, defaults: dict[str, dict[str, Any]]) -> None:
-    """Write ``defaults.json`` atomically (temporary file in the store, then rename over the old one)."""
-    store.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=store, prefix=".defaults-", suffix=".json")
+    """Write ``defaults.json`` atomically (temporary file in the store, then rename over the old one); a store that
+    cannot be written raises :class:`PublishError` with one line."""
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=store, prefix=".defaults-", suffix=".json")
+    except OSError as exc:
+        raise PublishError(unwritable(store, exc)) from None
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(defaults, handle, indent=2, sort_keys=True)
@@ -74,20 +83,42 @@ def write_defaults(store: Path, defaults: dict[str, dict[str, Any]]) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, store / DEFAULTS_FILE)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise PublishError(unwritable(store, exc)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def record_default(store: Path, name: str, version: str, *, previous: str | None) -> None:
-    """Record ``version`` as the default of ``name``; ``previous`` (the one it replaces) goes onto the history."""
+def unwritable(store: Path, exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    return (f"cannot write {store / DEFAULTS_FILE} ({reason}; running as uid {os.getuid()}): TorchServe was not "
+            "changed; make the model store writable for this user and run the command again")  # fmt: skip
+
+
+def switch_default(mgmt: Management, store: Path, name: str, version: str, defaults: dict[str, dict[str, Any]]) -> None:
+    """Record ``defaults`` in the store first, then make ``version`` TorchServe's default; if TorchServe refuses,
+    the store gets its old ``defaults.json`` back. The file and the running default never disagree."""
+    before = read_defaults(store)
+    write_defaults(store, defaults)
+    try:
+        mgmt.set_default(name, version)
+    except BaseException:
+        write_defaults(store, before)
+        raise
+
+
+def with_default(store: Path, name: str, version: str, *, previous: str | None) -> dict[str, dict[str, Any]]:
+    """The store's defaults with ``version`` as the default of ``name``; ``previous`` (the one it replaces) goes
+    onto the history."""
     defaults = read_defaults(store)
     entry = defaults.get(name, {"default": version, "history": []})
     history = [v for v in entry["history"] if v != version]
     if previous is not None and previous != version:
         history = [v for v in history if v != previous] + [previous]
     defaults[name] = {"default": version, "history": history[-HISTORY_LENGTH:]}
-    write_defaults(store, defaults)
+    return defaults
 
 
 # --- management API helpers ---------------------------------------------------------------------------------------
@@ -188,8 +219,8 @@ def cmd_set_default(mgmt: Management, args: argparse.Namespace) -> None:
     if ready_workers(desc) == 0:
         raise PublishError(f"{args.name} {args.version} has no READY worker; scale it up before making it default")
     previous = mgmt.default_version(args.name)
-    mgmt.set_default(args.name, args.version)
-    record_default(args.model_store, args.name, args.version, previous=previous)
+    defaults = with_default(args.model_store, args.name, args.version, previous=previous)
+    switch_default(mgmt, args.model_store, args.name, args.version, defaults)
     print(f"{args.name}: default {previous} -> {args.version}")
 
 
@@ -203,9 +234,8 @@ def cmd_rollback(mgmt: Management, args: argparse.Namespace) -> None:
     if ready_workers(desc) == 0:
         raise PublishError(f"previous default {args.name} {target} has no READY worker; scale it up first")
     current = mgmt.default_version(args.name)
-    mgmt.set_default(args.name, target)
     defaults[args.name] = {"default": target, "history": history[:-1]}
-    write_defaults(args.model_store, defaults)
+    switch_default(mgmt, args.model_store, args.name, target, defaults)
     print(f"{args.name}: default {current} -> {target} (rolled back)")
 
 
@@ -213,14 +243,27 @@ def cmd_unregister(mgmt: Management, args: argparse.Namespace) -> None:
     require_version(mgmt, args.name, args.version)
     if mgmt.default_version(args.name) == args.version:
         raise PublishError(f"{args.name} {args.version} is the current default; set another default first")
-    wait_drained(mgmt, args.name, args.version, quiet_s=args.drain_s, timeout=args.timeout)
-    mgmt.unregister(args.name, args.version)
+    archive = args.model_store / f"{args.name}-{args.version}.mar"
+    before = read_defaults(args.model_store)
     defaults = read_defaults(args.model_store)
-    if args.name in defaults:  # a version that is gone is no rollback target
+    if args.name in defaults:  # a version that is gone is no rollback target; recorded first (the store may refuse)
         entry = defaults[args.name]
         defaults[args.name] = {**entry, "history": [v for v in entry["history"] if v != args.version]}
+    changed = defaults != before
+    if changed:
         write_defaults(args.model_store, defaults)
-    archive = args.model_store / f"{args.name}-{args.version}.mar"
+    if args.delete_archive and not os.access(args.model_store, os.W_OK):
+        if changed:
+            write_defaults(args.model_store, before)
+        raise PublishError(f"cannot delete {archive}: the store is not writable by uid {os.getuid()}; TorchServe was "
+                           "not changed")  # fmt: skip
+    try:
+        wait_drained(mgmt, args.name, args.version, quiet_s=args.drain_s, timeout=args.timeout)
+        mgmt.unregister(args.name, args.version)
+    except BaseException:
+        if changed:
+            write_defaults(args.model_store, before)
+        raise
     if args.delete_archive:
         archive.unlink(missing_ok=True)
         print(f"unregistered {args.name} {args.version} and deleted {archive}")

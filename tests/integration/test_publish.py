@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from stack.torchserve import Ports, TorchServe
-from tests.conftest import free_port, free_ports
+from tests.conftest import free_port, free_ports, management_client
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.tiny_models import COLA_LABELS, make_tiny_classifier
 from training.package import ServingConfig, package
@@ -81,6 +81,29 @@ def test_errors_are_one_line_and_exit_1(stack: Stack, capsys: pytest.CaptureFixt
     assert [line.split() for line in listing.splitlines() if line.startswith("cola")] == [
         ["cola", "1.0", "workers=" + ",".join(["READY"] * ServingConfig().min_workers), "default"]
     ]
+
+
+def test_a_store_that_refuses_the_write_leaves_torchserve_unchanged(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """defaults.json is written before TorchServe is told; when the store refuses it (here: a directory in the way,
+    which fails even for root; in compose: a folder the container's user cannot write), nothing changes."""
+    stage_v2(stack)
+    assert stack.publish("register", "cola-2.0.mar", "--workers", "1") == 0
+    blocker = stack.store / "defaults.json"
+    blocker.mkdir()
+    try:
+        capsys.readouterr()
+        assert stack.publish("set-default", "cola", "2.0") == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1
+        assert err[0].startswith(f"publish: error: cannot write {blocker} (")
+        assert "TorchServe was not changed" in err[0]
+        assert management_client(stack.ts).default_version("cola") == "1.0"
+    finally:
+        blocker.rmdir()
+    assert stack.publish("unregister", "cola", "2.0", "--delete-archive", "--drain-s", "0") == 0
+    assert not list(stack.store.glob(".defaults-*"))
 
 
 @dataclass

@@ -7,7 +7,7 @@ message naming the environment variable, never later at request time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         le=30,
         description="After TorchServe rejects a key, how long to poll the key file for a new one (TorchServe "
         "switches keys in memory before it rewrites the file) before the single retry.",
+    )
+    ready_probe: Literal["management", "inference"] = Field(
+        default="management",
+        description="How /ready asks each replica: 'management' reads the default version's worker status (needs "
+        "the management key); 'inference' sends one real prediction per model (the inference key alone is enough: "
+        "compose, where the gateway holds no other key).",
     )
     renew_expired_keys: bool = Field(
         default=True,

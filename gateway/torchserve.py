@@ -82,6 +82,9 @@ def _error_of(response: httpx.Response) -> tuple[str, str]:
     return str(body.get("type", "")), str(message)[:MAX_MESSAGE_CHARS]
 
 
+READY_PROBE_BODY = b'{"text": "ready"}'
+
+
 def is_invalid_key(response: httpx.Response) -> bool:
     """TorchServe answers a missing, expired or rotated key with 400 ``InvalidKeyException`` (not 401)."""
     return response.status_code in (400, 401) and b"InvalidKey" in response.content
@@ -316,7 +319,10 @@ class TorchServeClient:
         return Readiness(ready=ready_replicas > 0, models=details, replicas_ready=ready_replicas, replicas=len(grid))
 
     async def model_status(self, replica: Replica, model: str) -> ModelStatus:
-        """Readiness of the default version of ``model`` on ``replica``: a READY worker in ``GET /models/{model}``."""
+        """Readiness of the default version of ``model`` on ``replica``: a READY worker in ``GET /models/{model}``,
+        or with ``ready_probe="inference"`` one real prediction answered 200."""
+        if self.settings.ready_probe == "inference":
+            return await self.prediction_status(replica, model)
         try:
             async with self.boundary():
                 response = await replica.send("GET", f"/models/{model}", kind="management")
@@ -331,3 +337,17 @@ class TorchServeClient:
         if any(isinstance(w, dict) and w.get("status") == "READY" for w in workers):
             return ModelStatus(ready=True, detail="READY")
         return ModelStatus(ready=False, detail=f"no READY worker ({len(workers)} worker(s))")
+
+    async def prediction_status(self, replica: Replica, model: str) -> ModelStatus:
+        """READY when ``POST /predictions/{model}`` with a short text answers 200 on ``replica``."""
+        try:
+            async with self.boundary():
+                response = await replica.send(
+                    "POST", f"/predictions/{model}", kind="inference", content=READY_PROBE_BODY,
+                    headers={"Content-Type": "application/json"},
+                )  # fmt: skip
+                if response.status_code != 200:
+                    raise UpstreamStatusError(response, model=model, version=None)
+        except GatewayError as exc:
+            return ModelStatus(ready=False, detail=exc.message)
+        return ModelStatus(ready=True, detail="READY")

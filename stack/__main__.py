@@ -5,7 +5,9 @@
 * ``start``      the same in the background (pid files under the run directory); returns once everything is ready.
 * ``stop``       stop the gateway and TorchServe (frontend and every worker); safe when nothing runs.
 * ``status``     what runs, and each model's versions, default and workers.
-* ``torchserve`` foreground, TorchServe only (the TorchServe container's command).
+* ``torchserve`` foreground, TorchServe only (the TorchServe container's command); with ``INFERENCE_KEY_FILE`` set,
+                 keeps a copy of the inference key alone there (stack/inference_key.py), for the gateway.
+* ``models``     train the default models when the store has none, then exit (compose's one-shot ``models``).
 
 The Makefile and the Dockerfiles call these; nothing else starts TorchServe.
 """
@@ -18,10 +20,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from stack.gateway import Gateway
+from stack.inference_key import InferenceKeyPublisher
 from stack.management import Management, ManagementError, archives_in, register_store
 from stack.run_dir import IP_PLACEHOLDER, run_dir_of
 from stack.torchserve import REPO, Ports, StackError, TorchServe
@@ -38,7 +41,7 @@ def ports_arg(value: str) -> Ports:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["serve", "start", "stop", "status", "torchserve"])
+    parser.add_argument("command", choices=["serve", "start", "stop", "status", "torchserve", "models"])
     parser.add_argument("--model-store", type=Path, default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")))
     parser.add_argument(
         "--run-dir",
@@ -55,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--gateway-host", default=os.environ.get("GATEWAY_HOST", "127.0.0.1"))
     parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8000")))
+    parser.add_argument(
+        "--inference-key-file",
+        type=run_dir_of,
+        default=os.environ.get("INFERENCE_KEY_FILE") or None,
+        help=f"torchserve: publish the inference key alone here (env INFERENCE_KEY_FILE; {IP_PLACEHOLDER} as above)",
+    )
     parser.add_argument("--no-train", action="store_true", help="fail instead of training when the store is empty")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     return parser
@@ -67,6 +76,9 @@ def ensure_models(store: Path, *, train: bool) -> None:
         return
     if not train:
         raise StackError(f"no <name>-<version>.mar in {store}: run `make train TASK=cola` first")
+    if not os.access(store, os.W_OK):
+        raise StackError(f"{store} has no models and is not writable by uid {os.getuid()}: make it writable (chown) "
+                         "or train elsewhere and copy the .mar files in")  # fmt: skip
     for task in DEFAULT_TASKS:
         print(f"[stack] {store} has no models: training the default {task} model (progress below)", flush=True)
         cmd = [sys.executable, "-m", "training.train", "--task", task, "--model-store", str(store)]
@@ -88,8 +100,8 @@ def gateway_for(ts: TorchServe, args: argparse.Namespace) -> Gateway:
     return Gateway(torchserve=ts, host=args.gateway_host, port=args.gateway_port)
 
 
-def wait_for_signal(*processes: subprocess.Popen[bytes] | None) -> None:
-    """Block until SIGINT/SIGTERM or until one of the processes exits on its own."""
+def wait_for_signal(*processes: subprocess.Popen[bytes] | None, tick: Callable[[], None] | None = None) -> None:
+    """Block until SIGINT/SIGTERM or until one of the processes exits on its own; call ``tick`` meanwhile."""
     stop = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -103,6 +115,8 @@ def wait_for_signal(*processes: subprocess.Popen[bytes] | None) -> None:
             if proc is not None and proc.poll() is not None:
                 print(f"[stack] process {proc.pid} exited with {proc.returncode}; stopping", flush=True)
                 return
+        if tick is not None:
+            tick()
         time.sleep(0.5)
 
 
@@ -138,10 +152,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return status(ts, gateway)
         ensure_models(args.model_store, train=not args.no_train and args.command != "torchserve")
+        if args.command == "models":
+            print(
+                f"[stack] models in {args.model_store}: {', '.join(a.path.name for a in archives_in(args.model_store))}"
+            )
+            return 0
         try:
             bring_up_torchserve(ts, timeout=args.timeout)
             if args.command == "torchserve":
-                wait_for_signal(ts.process)
+                publisher = None
+                if args.inference_key_file is not None:
+                    publisher = InferenceKeyPublisher(ts.key_file, args.inference_key_file, ts.management_url)
+                    publisher.tick()
+                wait_for_signal(ts.process, tick=publisher.tick if publisher else None)
                 return 0
             gateway.start()
             gateway.wait_ready(timeout=args.timeout)

@@ -61,7 +61,9 @@ def test_kserve_config_keeps_the_limits_and_locks_registration(
         assert kserve_config[key] == ts_config[key], key
     assert kserve_config["enable_model_api"] == "false"
     assert kserve_config["model_store"] == "/mnt/models/model-store"
-    assert kserve_config["inference_address"] == kserve_config["management_address"]
+    management, inference = urlsplit(kserve_config["management_address"]), urlsplit(kserve_config["inference_address"])
+    assert management.hostname == "127.0.0.1"  # not served to other pods
+    assert management.port != inference.port
 
 
 def test_inference_service_runs_torchserve_with_several_replicas(manifests: dict[tuple[str, str], Any]) -> None:
@@ -73,6 +75,11 @@ def test_inference_service_runs_torchserve_with_several_replicas(manifests: dict
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
     env = {e["name"]: e["value"] for e in predictor["model"]["env"]}
     assert env["TS_DECODE_INPUT_REQUEST"] == "false"  # as stack/torchserve.py runs the handler
+    context = predictor["model"]["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"]["drop"] == ["ALL"]
 
 
 def test_gateway_reaches_torchserve_through_the_service(
@@ -97,10 +104,11 @@ def test_gateway_reaches_torchserve_through_the_service(
     env = {e["name"]: e["value"] for e in container["env"]}
     assert all(name.startswith(ENV_PREFIX) for name in env)
     settings = Settings.model_validate({k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()})
-    for url in (settings.inference_base, settings.management_base):
-        assert (urlsplit(url).hostname, urlsplit(url).port) == (service["metadata"]["name"], port)
+    url = urlsplit(settings.inference_base)
+    assert (url.hostname, url.port) == (service["metadata"]["name"], port)
+    assert settings.ready_probe == "inference"  # management is not reachable from the gateway
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
-    assert pod["securityContext"]["runAsUser"] == 10001  # the image's user (Dockerfile: useradd --uid 10001)
+    assert pod["securityContext"]["runAsUser"] == 10002  # the gateway image's user (Dockerfile: useradd --uid 10002)
 
     (mount,) = container["volumeMounts"]
     assert Path(env["GATEWAY_KEY_FILE"]).parent == Path(mount["mountPath"])

@@ -1,62 +1,86 @@
-# syntax=docker/dockerfile:1
-# One multi-stage build, two images, the same dependencies and code in both (and in `make venv`):
-#   docker build --target torchserve -t bert-serving/torchserve .   # TorchServe + Java 17: `python -m stack torchserve`
-#   docker build --target gateway    -t bert-serving/gateway .      # the FastAPI gateway: `python -m gateway`
-# docker compose builds both (docker-compose.yml). Python is 3.11 (pyproject.toml: requires-python >=3.11,<3.12).
-# Pin the base image by digest as well once resolved on a machine with a registry:
-#   docker buildx imagetools inspect python:3.11.11-slim-bookworm   ->   FROM python:3.11.11-slim-bookworm@sha256:...
+# Three images from one file (docker compose builds them; docs/deployment.md has sizes and build times):
+#   docker build --target torchserve -t bert-serving/torchserve .   # TorchServe + Java 17 + the ML stack (CPU torch)
+#   docker build --target gateway    -t bert-serving/gateway .      # the FastAPI gateway only: no torch, no transformers
+#   docker build --target train      -t bert-serving/train .        # training (the compose `models` and `train` jobs)
+# Build arguments (defaults: what a normal machine with a registry and the internet uses):
+#   PYTHON_IMAGE     the base image (pin its digest too where a registry is reachable: python:3.11.11-slim-bookworm@sha256:...)
+#   TORCH_INDEX_URL  where the CPU torch wheel comes from (PyPI's Linux torch is the multi-GB CUDA build)
+#   TORCH_WHEELS     instead: a folder of the build context holding the torch wheel (pip --no-index; e.g. .wheels)
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS base
+FROM ${PYTHON_IMAGE} AS python
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1 \
-    MODEL_STORE=/app/model_store \
-    RUN_DIR=/run/ts/{ip}
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
-# The same requirement files, in the same order, as `make venv`: torch alone first (the CPU wheel: from PyPI an
-# unpinned resolution pulls a multi-GB CUDA build), then the pinned runtime lock.
-COPY requirements/torch.txt requirements/runtime.txt requirements/
-RUN pip install -r requirements/torch.txt --index-url https://download.pytorch.org/whl/cpu \
- && pip install -r requirements/runtime.txt \
- && pip check
-# RUN_DIR: {ip} is replaced by the container's address (stack/__main__.py), so the replicas of a scaled torchserve
-# service keep their pid files, key files and logs apart on the one shared volume.
-# One unprivileged user (same uid in both images: the gateway reads TorchServe's mode-600 key file).
+# Two unprivileged users: TorchServe and training (10001) and the gateway (10002), which reads only the
+# inference-key file that TorchServe's launcher publishes (docs/deployment.md, "Keys").
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app \
- && mkdir -p /app/model_store /app/artifacts /run/ts \
- && chown app:app /app/model_store /app/artifacts /run/ts
-COPY --chown=root:root pyproject.toml config.properties ./
-COPY --chown=root:root stack/ stack/
-COPY --chown=root:root handlers/ handlers/
-COPY --chown=root:root training/ training/
+ && groupadd --system --gid 10002 gateway \
+ && useradd --system --uid 10002 --gid gateway --home-dir /app --no-create-home --shell /usr/sbin/nologin gateway
+
+FROM python AS gateway
+COPY requirements/gateway.txt requirements/
+RUN pip install -r requirements/gateway.txt && pip check
 COPY --chown=root:root gateway/ gateway/
-COPY --chown=root:root docker/ready.py docker/ready.py
-
-FROM base AS torchserve
-RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
- && rm -rf /var/lib/apt/lists/*
-# Inside the compose network TorchServe listens on every interface of its container; no port is published.
-ENV TS_HOST=0.0.0.0
-USER app
-EXPOSE 8080 8081 8082
-# Readiness, not liveness: every model in the store has a READY worker (GET /models/<name>/all with the
-# management key). /ping answers "Healthy" seconds before any worker can serve.
-HEALTHCHECK --interval=10s --timeout=8s --start-period=180s --retries=3 CMD ["python", "docker/ready.py"]
-CMD ["python", "-m", "stack", "torchserve"]
-
-FROM base AS gateway
-ENV GATEWAY_INFERENCE_URL=http://torchserve:8080 \
-    GATEWAY_MANAGEMENT_URL=http://torchserve:8081 \
-    GATEWAY_DISCOVER_REPLICAS=true \
-    GATEWAY_KEY_FILE=/run/ts/{host}/torchserve/key_file.json
-USER app
+USER gateway
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4).status != 200)"]
 CMD ["python", "-m", "gateway", "--host", "0.0.0.0", "--port", "8000"]
+
+FROM python AS ml
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_WHEELS=
+ENV HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    MODEL_STORE=/app/model_store \
+    DATA_DIR=/app/data \
+    MPLCONFIGDIR=/tmp/matplotlib
+# The same files, in the same order, as `make venv`: torch alone first (the CPU build, without its dependencies:
+# the pinned runtime lock has them), then the lock. The wheel folder is bind-mounted, never copied into a layer.
+COPY requirements/torch.txt requirements/runtime.txt requirements/
+RUN --mount=type=bind,target=/context \
+    if [ -n "$TORCH_WHEELS" ]; then \
+      pip install --no-deps --no-index --find-links "/context/$TORCH_WHEELS" -r requirements/torch.txt; \
+    else \
+      pip install --no-deps --index-url "$TORCH_INDEX_URL" -r requirements/torch.txt; \
+    fi \
+ && pip install -r requirements/runtime.txt \
+ && pip check \
+ && python -c "import torch, sys; sys.exit(torch.version.cuda is not None)"
+RUN mkdir -p /app/model_store /app/artifacts /run/ts /run/keys \
+ && chown app:app /app/model_store /app/artifacts /run/ts /run/keys \
+ && chmod 0700 /run/ts
+
+# The code, root-owned and read-only to the users; its own stage so a code change rebuilds no dependency layer.
+FROM scratch AS code
+COPY pyproject.toml config.properties /app/
+COPY stack/ /app/stack/
+COPY handlers/ /app/handlers/
+COPY training/ /app/training/
+COPY docker/ready.py /app/docker/ready.py
+
+FROM ml AS train
+COPY --from=code /app/ /app/
+USER app
+ENTRYPOINT ["python", "-m", "training.train"]
+CMD ["--help"]
+
+FROM ml AS torchserve
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+ && rm -rf /var/lib/apt/lists/*
+# RUN_DIR (pid file, key_file.json, logs, worker sockets) stays inside this container; {ip} is its address.
+# INFERENCE_KEY_FILE: the inference key alone, kept current by the launcher, for the gateway to read.
+ENV TS_HOST=0.0.0.0 \
+    RUN_DIR=/run/ts/{ip} \
+    INFERENCE_KEY_FILE=/run/keys/{ip}/inference_key.json
+COPY --from=code /app/ /app/
+USER app
+EXPOSE 8080 8081 8082
+# Readiness, not liveness: every model in the store has a READY worker (management API, management key).
+HEALTHCHECK --interval=10s --timeout=8s --start-period=180s --retries=3 CMD ["python", "docker/ready.py"]
+CMD ["python", "-m", "stack", "torchserve"]

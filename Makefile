@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 TASK ?= cola
 
-.PHONY: help venv java serve start stop status train test test-slow bench soak lint format clean
+.PHONY: help venv java serve start stop status train test test-slow test-compose bench soak lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -74,6 +74,14 @@ soak: venv  ## bounded soak (DURATION s at RATE requests/s) against a running st
 
 test-slow: venv java  ## the long tier kept out of `make test` (bigger fuzz run, full TorchServe restart under load)
 	$(PY) -m pytest -m slow
+
+# Machines without a container registry (this project's and CI's) have ../shared/docker/engine-up.sh: it starts the
+# engine and builds a local stand-in for the python base image; torch then comes from the host's CPU wheel (.wheels/).
+# Elsewhere the tier uses the running engine and the Dockerfile's defaults (python image, PyTorch CPU index).
+ENGINE_UP ?= ../shared/docker/engine-up.sh
+test-compose: venv  ## the compose tier: build, up, the README's curls, publish, scale, kill a replica, down (real engine)
+	@if [ -x $(ENGINE_UP) ]; then $(ENGINE_UP) && $(PY) -m pip download --quiet --no-deps -d .wheels -r requirements/torch.txt; fi
+	$(PY) -m pytest -m compose tests/compose -s --timeout=2400
 
 clean:  ## remove the venv, run state and logs (keeps model_store/)
 	rm -rf $(VENV) run logs .pytest_cache .mypy_cache .ruff_cache

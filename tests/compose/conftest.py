@@ -1,0 +1,106 @@
+"""The compose tier (`make test-compose`): the real images, built and run by a real Docker engine.
+
+One compose project per session (``COMPOSE_PROJECT_NAME=bert-serving-tier``), serving tiny random models from a
+model store in a temporary folder (``MODEL_STORE_DIR``), published on a free loopback port (``GATEWAY_PORT``);
+``down -v`` removes every container and volume at the end, even when a test failed. The commands the tests run are
+the README's and docs/deployment.md's own (``COMMANDS``; test_compose.py checks they appear there verbatim).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from training.package import package
+
+REPO = Path(__file__).resolve().parent.parent.parent
+PROJECT = "bert-serving-tier"
+APP_UID = 10001  # the TorchServe and training user of the images
+# The base image and torch wheel stand-ins of a machine without a registry (../shared/docker/README.md); elsewhere
+# the defaults of the Dockerfile (the public python image, the PyTorch CPU index) apply.
+LOCAL_PYTHON_IMAGE = "local/python:3.11-slim-bookworm"
+WHEELS = ".wheels"
+
+
+@dataclass
+class Compose:
+    env: dict[str, str]
+    store: Path
+    port: int
+    spare: Path | None = None  # cola-2.0.mar, the version the tier publishes (instead of training one)
+
+    def run(self, command: str, *, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """One shell command line (a README line, with the published port of this run) in the repository root."""
+        command = command.replace("127.0.0.1:8000", f"127.0.0.1:{self.port}")
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"`{command}` exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return done
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def container_ids(self, service: str) -> list[str]:
+        return self.run(f"docker compose ps -q {service}").stdout.split()
+
+    def chown_store(self, uid: int) -> None:
+        for path in [self.store, *self.store.iterdir()]:
+            os.chown(path, uid, uid)
+
+
+def wait_for(condition: object, *, timeout: float, what: str) -> None:
+    """Poll ``condition()`` until it is true (no sleeps standing in for readiness)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"not {what} after {timeout:.0f}s")
+
+
+def ready_replicas(compose: Compose) -> int:
+    try:
+        body = httpx.get(compose.url("/ready"), timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return 0
+    replicas = body.get("replicas") or {"ready": int(body.get("ready", False))}
+    return int(replicas["ready"])
+
+
+@pytest.fixture(scope="session")
+def engine() -> None:
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.fail("no Docker engine: run `make test-compose` (it starts one with ../shared/docker/engine-up.sh)")
+
+
+@pytest.fixture(scope="session")
+def compose(engine: None, tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Iterator[Compose]:
+    """The stack's environment: tiny cola-1.0 and sentiment-1.0 in a store owned by the images' user."""
+    store = tmp_path_factory.mktemp("compose-store")
+    for name, model_dir in tiny_models.items():
+        package(model_dir, name=name, store=store, version="1.0")
+    spare = package(tiny_models["cola"], name="cola", store=tmp_path_factory.mktemp("next"), version="2.0")
+    env = dict(os.environ, COMPOSE_PROJECT_NAME=PROJECT, MODEL_STORE_DIR=str(store), GATEWAY_PORT=str(free_port()))
+    local_image = subprocess.run(["docker", "image", "inspect", LOCAL_PYTHON_IMAGE], capture_output=True)
+    if local_image.returncode == 0 and "PYTHON_IMAGE" not in os.environ:
+        env["PYTHON_IMAGE"] = LOCAL_PYTHON_IMAGE
+    if (REPO / WHEELS).is_dir() and "TORCH_WHEELS" not in os.environ:
+        env["TORCH_WHEELS"] = WHEELS
+    stack = Compose(env=env, store=store, port=int(env["GATEWAY_PORT"]), spare=spare)
+    store.chmod(0o755)  # as a user's folder usually is (pytest makes 0700 ones)
+    stack.chown_store(APP_UID)
+    try:
+        yield stack
+    finally:
+        stack.run("docker compose --profile train down -v --remove-orphans --timeout 20", check=False)

@@ -132,7 +132,8 @@ def load_cola(data_dir: Path) -> Splits:
     if missing:
         raise DataError(
             f"missing CoLA file {missing[0]} (expected {', '.join(p.name for p in every)} under {folder}; "
-            "set --data-dir or DATA_DIR)"
+            "set --data-dir or DATA_DIR, or with the network and none of the files there, HF_HUB_OFFLINE=0 loads "
+            "GLUE CoLA from the hub)"
         )
     loaded = {}
     for split, ps in paths.items():

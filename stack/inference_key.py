@@ -53,7 +53,7 @@ class InferenceKeyPublisher:
     """Copies the inference entry of ``key_file`` to ``out`` and renews it ``renew_before_s`` before expiry."""
 
     def __init__(
-        self, key_file: Path, out: Path, management_url: str, *, renew_before_s: float = 600.0, every_s: float = 5.0
+        self, key_file: Path, out: Path, management_url: str, *, renew_before_s: float = 600.0, every_s: float = 1.0
     ) -> None:
         self.key_file = key_file
         self.out = out

@@ -115,6 +115,23 @@ def test_gateway_holds_the_inference_key_and_nothing_else(compose: Compose) -> N
     assert out[1] == "400"  # TorchServe's answer to a key that is not the management key
 
 
+def test_a_rotated_inference_key_reaches_the_gateway(compose: Compose) -> None:
+    """Rotated inside TorchServe's container (with the API key, which only exists there): the launcher publishes the
+    new key and the gateway, rejected once, re-reads it; no request fails."""
+    rotate = (
+        "import glob, json, urllib.request\n"
+        "keys = json.load(open(glob.glob('/run/ts/*/torchserve/key_file.json')[0]))\n"
+        "request = urllib.request.Request('http://127.0.0.1:8081/token?type=inference', method='POST', "
+        "headers={'Authorization': 'Bearer ' + keys['API']['key']})\n"
+        "urllib.request.urlopen(request, timeout=10)\n"
+        "print(keys['inference']['key'])\n"
+    )
+    old = compose.run(f'docker compose exec torchserve python -c "{rotate}"').stdout.strip()
+    assert [generate(compose, f"rotated {i}").status_code for i in range(20)] == [200] * 20
+    published = compose.run("docker compose exec gateway sh -c 'cat /run/keys/*/inference_key.json'").stdout
+    assert json.loads(published)["inference"]["key"] != old
+
+
 def test_torchserve_user_can_write_only_the_store_and_its_own_state(compose: Compose) -> None:
     """What TorchServe 0.12 could be made to register as a directory (with the management key, which exists only
     inside this container): the directories its user can write. Exactly these, nothing else."""

@@ -129,6 +129,8 @@ def test_settings_come_from_gateway_environment_variables(monkeypatch: pytest.Mo
         ("GATEWAY_INFERENCE_URL", "localhost", "valid URL"),
         ("GATEWAY_GENERATE_MODEL", "../cola", "should match pattern"),
         ("GATEWAY_RENEW_EXPIRED_KEYS", "maybe", "valid boolean"),
+        ("GATEWAY_MAX_HEADER_BYTES", "100", "greater than or equal to 1024"),
+        ("GATEWAY_MAX_CLIENT_CONNECTIONS", "0", "greater than or equal to 1"),
     ],
 )
 def test_bad_settings_fail_at_start_up_naming_the_variable(
@@ -146,4 +148,11 @@ def test_the_two_models_must_differ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_PREDICT_MODEL", "cola")
 
     with pytest.raises(SettingsError, match="different models"):
+        load_settings()
+
+
+def test_the_buffered_bytes_cap_holds_at_least_one_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_MAX_BUFFERED_BYTES", "50000")
+
+    with pytest.raises(SettingsError, match="max_buffered_bytes must be >= max_body_bytes"):
         load_settings()

@@ -59,7 +59,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with http_client(settings, transport) as http:
-            client = TorchServeClient(settings, http, resolve=resolve)
+            client = TorchServeClient(settings, http, resolve=resolve, metrics=app.state.metrics)
             replicas = "discovered" if settings.discover_replicas else str(len(client.rotation.members))
             log.info(
                 "gateway up: TorchServe %s (management %s, %s replica(s)), models generate=%s predict=%s, key file %s",

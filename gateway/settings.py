@@ -145,6 +145,15 @@ class Settings(BaseSettings):
         "so the client gets the 504 rather than a dropped connection.",
     )
     write_timeout_s: Seconds = Field(default=5.0, description="Sending one request body to TorchServe.")
+    attempt_timeout_s: Seconds = Field(
+        default=10.0,
+        description="Inference is idempotent: an attempt still unanswered after this many seconds is sent once more "
+        "(to the next replica) while the first keeps waiting, and the first answer wins; an attempt answered "
+        "'Worker died' or cut mid-request is sent again at once. Either way at most two attempts, and the client "
+        "is answered by read_timeout_s (504 past it). Far above a normal answer (~10-100 ms, ~1 s under heavy "
+        "queueing): it catches a request TorchServe lost with a dead worker.",
+    )
+
     pool_timeout_s: Seconds = Field(
         default=2.0, description="Waiting for a free pooled connection; past it -> 503 (gateway saturated)."
     )

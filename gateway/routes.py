@@ -62,6 +62,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+class PrometheusText(PlainTextResponse):
+    """``/metrics``' answer, documented with its real media type (not FastAPI's default JSON)."""
+
+    media_type = CONTENT_TYPE
+
+
 def _client(request: Request) -> TorchServeClient:
     client: TorchServeClient = request.state.torchserve
     return client
@@ -163,9 +169,15 @@ def build_router(settings: Settings) -> APIRouter:
         headers = Unavailable("", retry_after_s=settings.retry_after_s).headers
         return JSONResponse(failed.model_dump(exclude_none=True), status_code=503, headers=headers)
 
-    @router.get("/metrics", tags=["operations"], summary="Prometheus text: the gateway's request counts and latency")
-    async def metrics(request: Request) -> PlainTextResponse:
+    @router.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus text: the gateway's request counts, latency and upstream retries",
+        response_class=PrometheusText,
+        responses={200: {"description": "Prometheus text format 0.0.4."}},
+    )
+    async def metrics(request: Request) -> PrometheusText:
         registry: Metrics = request.app.state.metrics
-        return PlainTextResponse(registry.render(), media_type=CONTENT_TYPE)
+        return PrometheusText(registry.render())
 
     return router

@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.metrics import CONTENT_TYPE
 from gateway.settings import REPO, Settings, SettingsError, load_settings
 from tests.gateway.conftest import FakeTorchServe
 
@@ -104,6 +105,10 @@ def test_docs_render_and_document_every_endpoint(client: TestClient) -> None:
     params = spec["paths"]["/predict"]["post"]["parameters"]
     assert [p["name"] for p in params] == ["X-Model-Version"]
     assert {"404", "413", "422", "502", "503", "504"} <= set(spec["paths"]["/generate"]["post"]["responses"])
+    version = params[0]["schema"]
+    assert (version["type"], "anyOf" in version, params[0]["required"]) == ("string", False, False)  # never null
+    assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == [CONTENT_TYPE]
+    assert client.get("/metrics").headers["content-type"] == CONTENT_TYPE
 
 
 def test_settings_come_from_gateway_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,12 +15,13 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.aiohttp_transport import AiohttpTransport
 from gateway.errors import GatewayError, handle_error
 from gateway.metrics import Metrics, MetricsMiddleware
-from gateway.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from gateway.middleware import DOCS_ASSETS, BodyLimitMiddleware, SecurityHeadersMiddleware
 from gateway.replicas import Resolve, resolve_all
 from gateway.routes import build_router
 from gateway.settings import Settings, load_settings
@@ -95,11 +96,14 @@ def create_app(
             async with client.discovering():
                 yield {"torchserve": client}
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs: Swagger UI from the fastapi-offline package, served here (no CDN)
         title="Text classification gateway",
         summary="CoLA acceptability (/generate) and review sentiment (/predict), served by TorchServe.",
         version="1.0.0",
         lifespan=lifespan,
+        redoc_url=None,  # one docs page, under a strict CSP (ReDoc needs inline styles and blob: workers)
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # no call to the public validator
     )
     app.openapi = exact_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,9 +18,16 @@ SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
-# The interactive docs load Swagger UI / ReDoc assets and inline scripts; every other answer is JSON or text.
+# Every answer but the docs page is JSON or text: nothing may load or run.
 API_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
-DOCS_PATHS = ("/docs", "/redoc")
+DOCS_PAGE = "/docs"
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's script, stylesheet and icon, from the fastapi-offline package
+# The docs page may load only what the gateway serves itself, plus its one inline script (by hash, added per answer).
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' {hashes}; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
 
 
 class BodyLimitMiddleware:
@@ -128,7 +138,8 @@ def _content_length(scope: Scope) -> int | None:
 
 
 class SecurityHeadersMiddleware:
-    """Adds conservative security headers to every HTTP response (a strict CSP except on the docs pages)."""
+    """Adds conservative security headers to every HTTP response: ``default-src 'none'`` everywhere but the docs page,
+    whose policy allows the gateway's own assets and exactly the inline scripts the page carries (their SHA-256)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -136,12 +147,37 @@ class SecurityHeadersMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        extra = SECURITY_HEADERS if scope["path"].startswith(DOCS_PATHS) else [*SECURITY_HEADERS, API_CSP]
+        elif scope["path"] == DOCS_PAGE:
+            await self._docs_page(scope, receive, send)
+        else:
+            extra = [*SECURITY_HEADERS, API_CSP]
 
-        async def send_with_headers(message: Message) -> None:
+            async def send_with_headers(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", []), *extra]
+                await send(message)
+
+            await self.app(scope, receive, send_with_headers)
+
+    async def _docs_page(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hold the (small) page until its body is complete, then send it with a CSP naming its inline scripts."""
+        start: Message | None = None
+        body = b""
+
+        async def hold(message: Message) -> None:
+            nonlocal start, body
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
+                start = message
+                return
+            body += message.get("body", b"")
+            if message.get("more_body", False) or start is None:
+                return
+            hashes = " ".join(
+                "'sha256-" + base64.b64encode(hashlib.sha256(script).digest()).decode() + "'"
+                for script in _INLINE_SCRIPT.findall(body)
+            )
+            csp = (b"content-security-policy", DOCS_CSP.format(hashes=hashes).encode())
+            await send({**start, "headers": [*start.get("headers", []), *SECURITY_HEADERS, csp]})
+            await send({"type": "http.response.body", "body": body})
 
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, hold)

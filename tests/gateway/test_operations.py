@@ -94,7 +94,17 @@ def test_docs_render_and_document_every_endpoint(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
 
     assert docs.status_code == 200
-    assert "Content-Security-Policy" not in docs.headers  # Swagger UI needs its scripts
+    csp = docs.headers["Content-Security-Policy"]
+    assert csp.startswith("default-src 'none'; script-src 'self' 'sha256-")  # its own assets and inline script only
+    assert "https:" not in csp
+    assert "unsafe" not in csp
+    assert "cdn" not in docs.text
+    assert "https://" not in docs.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"):
+        answer = client.get(f"/docs/assets/{asset}")
+        assert answer.status_code == 200, asset
+        assert len(answer.content) > 1_000
+    assert client.get("/redoc").status_code == 404
     paths = {"/generate", "/generate/batch", "/predict", "/predict/batch", "/health", "/ready", "/metrics"}
     assert set(spec["paths"]) == paths
     schemas = spec["components"]["schemas"]

@@ -30,9 +30,13 @@ from gateway.torchserve import TorchServeClient
 log = logging.getLogger("gateway")
 
 
+def pool_limits(settings: Settings) -> httpx.Limits:
+    return httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections)
+
+
 def http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """The one pooled client to TorchServe: explicit timeouts, bounded pool, no proxies from the environment."""
-    limits = httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections)
+    limits = pool_limits(settings)
     timeout = httpx.Timeout(
         connect=settings.connect_timeout_s,
         read=settings.read_timeout_s,
@@ -85,8 +89,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with http_client(settings, transport) as http:
-            client = TorchServeClient(settings, http, resolve=resolve, metrics=app.state.metrics)
+        wire = transport or AiohttpTransport(limits=pool_limits(settings))
+        async with http_client(settings, wire) as http:
+            client = TorchServeClient(settings, http, resolve=resolve, metrics=app.state.metrics, transport=wire)
             replicas = "discovered" if settings.discover_replicas else str(len(client.rotation.members))
             log.info(
                 "gateway up: TorchServe %s (management %s, %s replica(s)), models generate=%s predict=%s, key file %s",
@@ -104,6 +109,9 @@ def create_app(
         redoc_url=None,  # one docs page, under a strict CSP (ReDoc needs inline styles and blob: workers)
         static_url=DOCS_ASSETS,
         swagger_ui_parameters={"validatorUrl": None},  # no call to the public validator
+        # FastAPI's OpenTelemetry hooks asked the global providers (an os.environ read) on every request: ~6% of the
+        # gateway's CPU with nothing configured. The gateway's metrics are its own (/metrics).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.openapi = exact_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings

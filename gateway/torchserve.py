@@ -168,10 +168,18 @@ class Readiness:
 class Replica:
     """One TorchServe replica: its addresses, its own key file and its own key retry/renewal."""
 
-    def __init__(self, upstream: Upstream, settings: Settings, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.upstream = upstream
         self.settings = settings
         self.http = http
+        self.transport = transport
+        self.timeouts = http.timeout.as_dict()
         self.keys = KeyFile(upstream.key_file)
         self._renew_lock = asyncio.Lock()
 
@@ -185,13 +193,26 @@ class Replica:
         headers = dict(kwargs.pop("headers", {}))
         key = self.keys.get(kind).value
         headers["Authorization"] = f"Bearer {key}"
-        response = await self.http.request(method, url, headers=headers, **kwargs)
+        response = await self._request(method, url, headers, **kwargs)
         if not is_invalid_key(response):
             return response
         fresh = await self._fresh_key(kind, rejected=key)
         log.info("TorchServe rejected the %s key; retrying once with the key re-read from the file", kind)
         headers["Authorization"] = f"Bearer {fresh}"
-        return await self.http.request(method, url, headers=headers, **kwargs)
+        return await self._request(method, url, headers, **kwargs)
+
+    async def _request(self, method: str, url: str, headers: dict[str, str], **kwargs: Any) -> httpx.Response:
+        """Straight to the transport when there is one: httpx's client layer (URL merging, default headers, cookie
+        jar, auth and redirect flows) cost ~0.2 ms of CPU per proxied request and does nothing here. Same request,
+        timeouts and exceptions as ``http.request``, which still serves calls with query parameters."""
+        if self.transport is None or kwargs.keys() - {"content"}:
+            return await self.http.request(method, url, headers=headers, **kwargs)
+        request = httpx.Request(
+            method, url, headers=headers, content=kwargs.get("content"), extensions={"timeout": self.timeouts}
+        )
+        response = await self.transport.handle_async_request(request)
+        await response.aread()
+        return response
 
     async def _fresh_key(self, kind: KeyKind, *, rejected: str) -> str:
         """Poll the key file (briefly) for a key other than ``rejected``; renew it when the file's key has expired."""
@@ -245,9 +266,11 @@ class TorchServeClient:
         *,
         resolve: Resolve = resolve_all,
         metrics: Metrics | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings
         self.http = http
+        self.transport = transport  # the one under ``http``: the inference hot path calls it directly
         self.resolve = resolve
         self.metrics = metrics or Metrics()
         self.rotation: Rotation[Replica] = Rotation(down_s=settings.replica_down_s)
@@ -258,7 +281,7 @@ class TorchServeClient:
         """Make ``upstreams`` the replicas; those already known keep their cached keys and down marks."""
         known = {replica.upstream: replica for replica in self.rotation.members}
         before = set(known)
-        self.rotation.replace(known.get(u) or Replica(u, self.settings, self.http) for u in upstreams)
+        self.rotation.replace(known.get(u) or Replica(u, self.settings, self.http, self.transport) for u in upstreams)
         if set(upstreams) != before:
             log.info("TorchServe replicas: %s", ", ".join(u.name for u in upstreams))
 

@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 TASK ?= cola
 
-.PHONY: help venv java serve start stop status train test test-slow test-compose bench soak lint format clean
+.PHONY: help venv java browser serve start stop status train test test-slow test-compose bench soak lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -60,7 +60,10 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: venv java lint  ## the whole suite: unit, gateway, training and integration tests (real TorchServe)
+browser:  ## Chromium (Debian) for the /docs test in a real browser; without it that one test is skipped
+	@command -v chromium >/dev/null || apt-get install -y chromium || { apt-get update && apt-get install -y chromium; } || echo "warning: no Chromium (apt-get install -y chromium): the /docs browser test will be skipped"
+
+test: venv java browser lint  ## the whole suite: unit, gateway, training and integration tests (real TorchServe)
 	$(PY) -m pytest
 
 bench: venv java  ## naive vs TorchServe vs gateway under wrk -> docs/benchmarks.md + .png (needs both models: `make serve` first)

@@ -1,9 +1,7 @@
 """``python -m gateway [--host H] [--port P] [--workers N]``: serve the gateway with the production uvicorn options.
 
-Equivalent to::
-
-    uvicorn --factory gateway.app:create_app --host 127.0.0.1 --port 8000 --workers 1 \\
-        --loop uvloop --http httptools --no-access-log --no-server-header --timeout-graceful-shutdown 10
+uvicorn with uvloop and the gateway's bounded httptools protocol (:mod:`gateway.http_server`: header, connection
+and keep-alive limits), no access log, no server header, 10 s graceful shutdown.
 
 Settings come from ``GATEWAY_*`` environment variables (docs/gateway.md); a bad value stops start-up.
 """
@@ -16,9 +14,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from gateway import http_server
 from gateway.settings import SettingsError, load_settings
 
 
@@ -42,17 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig()
         logging.getLogger("gateway").critical("%s", exc)
         return 2
-    uvicorn.run(
+    http_server.run(
         "gateway.app:create_app",
-        factory=True,
         host=args.host,
         port=args.port,
         workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,  # request counts and latencies are on /metrics; no per-request log lines
-        server_header=False,
-        timeout_graceful_shutdown=10,
         log_level=args.log_level,
         log_config=log_config(args.log_level),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,6 +20,9 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 Labels = tuple[str, str, str]  # method, route, status
+# Why an inference request was sent again: TorchServe answered "Worker died", the connection broke mid-request, or
+# no answer came within attempt_timeout_s (a request lost with its worker).
+RETRY_REASONS = ("worker_died", "connection_broken", "no_answer")
 
 
 @dataclass
@@ -33,13 +36,18 @@ class _Histogram:
 
 
 class Metrics:
-    """``gateway_requests_total`` and ``gateway_request_duration_seconds``."""
+    """``gateway_requests_total``, ``gateway_request_duration_seconds`` and ``gateway_upstream_retries_total``."""
 
     def __init__(self) -> None:
         self._histograms: dict[Labels, _Histogram] = defaultdict(_Histogram)
+        self.retries: Counter[str] = Counter()
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self._histograms[(method, route, str(status))].observe(seconds)
+
+    def retried(self, reason: str) -> None:
+        """One inference request sent to TorchServe a second time (``reason``: why the first attempt was lost)."""
+        self.retries[reason] += 1
 
     def render(self) -> str:
         lines = [
@@ -62,6 +70,12 @@ class Metrics:
                 lines.append(f'gateway_request_duration_seconds_bucket{{{base},le="{le}"}} {cumulative}')
             lines.append(f"gateway_request_duration_seconds_sum{{{base}}} {hist.total:.6f}")
             lines.append(f"gateway_request_duration_seconds_count{{{base}}} {cumulative}")
+        lines += [
+            "# HELP gateway_upstream_retries_total Inference requests sent to TorchServe a second time, by reason.",
+            "# TYPE gateway_upstream_retries_total counter",
+        ]
+        for reason in RETRY_REASONS:
+            lines.append(f'gateway_upstream_retries_total{{reason="{reason}"}} {self.retries[reason]}')
         return "\n".join(lines) + "\n"
 
 

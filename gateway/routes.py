@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from gateway.errors import Unavailable
 from gateway.metrics import CONTENT_TYPE, Metrics
@@ -62,14 +63,22 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+class PrometheusText(PlainTextResponse):
+    """``/metrics``' answer, documented with its real media type (not FastAPI's default JSON)."""
+
+    media_type = CONTENT_TYPE
+
+
 def _client(request: Request) -> TorchServeClient:
     client: TorchServeClient = request.state.torchserve
     return client
 
 
-def _answered(response: Response, prediction: Prediction) -> None:
-    if prediction.version:
-        response.headers[MODEL_VERSION_HEADER] = prediction.version
+def _answer(body: BaseModel, prediction: Prediction) -> Response:
+    """The answer, serialized once by pydantic-core: FastAPI would validate the returned model against the
+    ``response_model`` again and encode it with the standard json module (the model was validated when built)."""
+    headers = {MODEL_VERSION_HEADER: prediction.version} if prediction.version else None
+    return Response(to_json(body), media_type="application/json", headers=headers)
 
 
 def validated_by(model: type[BaseModel]) -> Callable[[_Endpoint], _Endpoint]:
@@ -87,57 +96,77 @@ def build_router(settings: Settings) -> APIRouter:
     models = request_models(max_chars=settings.max_text_chars, max_items=settings.max_batch_items)
     router = APIRouter()
 
-    @router.post("/generate", tags=["cola"], responses=ERRORS, summary="P(acceptable) of one passage")
+    @router.post(
+        "/generate",
+        tags=["cola"],
+        responses=ERRORS,
+        summary="P(acceptable) of one passage",
+        response_model=GenerateResponse,
+    )
     @validated_by(models.generate)
     async def generate(
         body: GenerateRequest,
         request: Request,
-        response: Response,
         version: ModelVersion = None,
-    ) -> GenerateResponse:
+    ) -> Response:
         prediction = await _client(request).predict(settings.generate_model, {"text": body.passage}, version=version)
-        _answered(response, prediction)
-        return GenerateResponse.from_prediction(prediction.body)
+        return _answer(GenerateResponse.from_prediction(prediction.body), prediction)
 
-    @router.post("/generate/batch", tags=["cola"], responses=ERRORS, summary="P(acceptable) of many passages")
+    @router.post(
+        "/generate/batch",
+        tags=["cola"],
+        responses=ERRORS,
+        summary="P(acceptable) of many passages",
+        response_model=GenerateBatchResponse,
+    )
     @validated_by(models.generate_batch)
     async def generate_batch(
         body: GenerateBatchRequest,
         request: Request,
-        response: Response,
         version: ModelVersion = None,
-    ) -> GenerateBatchResponse:
+    ) -> Response:
         passages = body.passages
         prediction = await _client(request).predict(settings.generate_model, {"texts": passages}, version=version)
-        _answered(response, prediction)
         items = batch_of(prediction.body, len(passages))
-        return GenerateBatchResponse(results=[GenerateResponse.from_prediction(item) for item in items])
+        return _answer(
+            GenerateBatchResponse(results=[GenerateResponse.from_prediction(item) for item in items]), prediction
+        )
 
-    @router.post("/predict", tags=["sentiment"], responses=ERRORS, summary="Sentiment of one text")
+    @router.post(
+        "/predict",
+        tags=["sentiment"],
+        responses=ERRORS,
+        summary="Sentiment of one text",
+        response_model=PredictResponse,
+    )
     @validated_by(models.predict)
     async def predict(
         body: PredictRequest,
         request: Request,
-        response: Response,
         version: ModelVersion = None,
-    ) -> PredictResponse:
+    ) -> Response:
         prediction = await _client(request).predict(settings.predict_model, {"text": body.text}, version=version)
-        _answered(response, prediction)
-        return PredictResponse.from_prediction(prediction.body)
+        return _answer(PredictResponse.from_prediction(prediction.body), prediction)
 
-    @router.post("/predict/batch", tags=["sentiment"], responses=ERRORS, summary="Sentiment of many texts")
+    @router.post(
+        "/predict/batch",
+        tags=["sentiment"],
+        responses=ERRORS,
+        summary="Sentiment of many texts",
+        response_model=PredictBatchResponse,
+    )
     @validated_by(models.predict_batch)
     async def predict_batch(
         body: PredictBatchRequest,
         request: Request,
-        response: Response,
         version: ModelVersion = None,
-    ) -> PredictBatchResponse:
+    ) -> Response:
         texts = body.texts
         prediction = await _client(request).predict(settings.predict_model, {"texts": texts}, version=version)
-        _answered(response, prediction)
         items = batch_of(prediction.body, len(texts))
-        return PredictBatchResponse(results=[PredictResponse.from_prediction(item) for item in items])
+        return _answer(
+            PredictBatchResponse(results=[PredictResponse.from_prediction(item) for item in items]), prediction
+        )
 
     @router.get("/health", tags=["operations"], summary="The gateway process is alive (does not call TorchServe)")
     async def health() -> HealthResponse:
@@ -163,9 +192,15 @@ def build_router(settings: Settings) -> APIRouter:
         headers = Unavailable("", retry_after_s=settings.retry_after_s).headers
         return JSONResponse(failed.model_dump(exclude_none=True), status_code=503, headers=headers)
 
-    @router.get("/metrics", tags=["operations"], summary="Prometheus text: the gateway's request counts and latency")
-    async def metrics(request: Request) -> PlainTextResponse:
+    @router.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus text: the gateway's request counts, latency and upstream retries",
+        response_class=PrometheusText,
+        responses={200: {"description": "Prometheus text format 0.0.4."}},
+    )
+    async def metrics(request: Request) -> PrometheusText:
         registry: Metrics = request.app.state.metrics
-        return PlainTextResponse(registry.render(), media_type=CONTENT_TYPE)
+        return PrometheusText(registry.render())
 
     return router

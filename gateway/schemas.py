@@ -31,6 +31,11 @@ PASSAGE = "I are a boy"
 REVIEW = "This app is great, I use it every day"
 
 
+# Somewhere a character that is not whitespace as Python's str.strip() sees it, spelled out code point by code point
+# (regex dialects disagree on \s: ECMA's includes U+FEFF, Python's U+001C-U+001F). JSON Schema patterns search.
+NOT_BLANK = "[^\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must contain non-whitespace text")
@@ -125,7 +130,12 @@ class NotReadyResponse(ErrorResponse, ReadyResponse):
 
 def text_type(max_chars: int) -> Any:
     """A text field: 1..max_chars characters and not only whitespace (what counts is sent unchanged)."""
-    return Annotated[str, Field(min_length=1, max_length=max_chars), AfterValidator(_not_blank)]
+    # The pattern documents what _not_blank checks (a character that is not whitespace); _not_blank stays the check.
+    return Annotated[
+        str,
+        Field(min_length=1, max_length=max_chars, json_schema_extra={"pattern": NOT_BLANK}),
+        AfterValidator(_not_blank),
+    ]
 
 
 def texts_type(max_chars: int, max_items: int) -> Any:

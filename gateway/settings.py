@@ -100,6 +100,41 @@ class Settings(BaseSettings):
         description="The whole request body must arrive within this many seconds of the request start, else 408 and "
         "the connection is closed (a client that sends headers and then stalls, slow-loris style, holds nothing).",
     )
+    max_buffered_bytes: int = Field(
+        default=32 * 1_048_576,
+        ge=1_024,
+        le=1_073_741_824,
+        description="Request-body bytes all connections together may hold in the gateway at once (bodies are "
+        "buffered whole before parsing); a request that would go over it answers 503 + Retry-After and its "
+        "connection is closed. Must be >= max_body_bytes.",
+    )
+    max_header_bytes: int = Field(
+        default=16_384,
+        ge=1_024,
+        le=1_048_576,
+        description="Request line plus headers, in bytes; over it -> 431 and the connection is closed, counted as "
+        "the bytes arrive (h11's default; nginx's large_client_header_buffers is 4 x 8 KiB).",
+    )
+    max_url_bytes: int = Field(
+        default=8_192, ge=256, le=1_048_576, description="The request target (path and query); over it -> 414."
+    )
+    max_headers: int = Field(default=100, ge=8, le=10_000, description="Header lines per request; over it -> 431.")
+    header_timeout_s: Seconds = Field(
+        default=10.0,
+        description="A request's headers must be complete within this many seconds of its first byte (or of the "
+        "connection opening); past it -> 408 and the connection is closed (a connection that sent nothing is "
+        "closed silently).",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, le=600, description="An idle keep-alive connection is closed after this many seconds."
+    )
+    max_client_connections: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Open client connections per gateway process. Past it the connection idle the longest is "
+        "closed to make room; when none is idle the new connection gets 503 + Retry-After and is closed.",
+    )
     connect_timeout_s: Seconds = Field(
         default=2.0, description="Opening a connection to TorchServe (loopback); past it -> 503 + Retry-After."
     )
@@ -110,6 +145,15 @@ class Settings(BaseSettings):
         "so the client gets the 504 rather than a dropped connection.",
     )
     write_timeout_s: Seconds = Field(default=5.0, description="Sending one request body to TorchServe.")
+    attempt_timeout_s: Seconds = Field(
+        default=10.0,
+        description="Inference is idempotent: an attempt still unanswered after this many seconds is sent once more "
+        "(to the next replica) while the first keeps waiting, and the first answer wins; an attempt answered "
+        "'Worker died' or cut mid-request is sent again at once. Either way at most two attempts, and the client "
+        "is answered by read_timeout_s (504 past it). Far above a normal answer (~10-100 ms, ~1 s under heavy "
+        "queueing): it catches a request TorchServe lost with a dead worker.",
+    )
+
     pool_timeout_s: Seconds = Field(
         default=2.0, description="Waiting for a free pooled connection; past it -> 503 (gateway saturated)."
     )
@@ -168,6 +212,12 @@ class Settings(BaseSettings):
     def _distinct_models(self) -> Settings:
         if self.generate_model == self.predict_model:
             raise ValueError("generate_model and predict_model must name different models")
+        return self
+
+    @model_validator(mode="after")
+    def _buffer_holds_a_body(self) -> Settings:
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError("max_buffered_bytes must be >= max_body_bytes")
         return self
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ import httpx
 import uvicorn
 
 from gateway.app import create_app
+from gateway.http_server import uvicorn_options
 from gateway.settings import Settings
 from stack.management import register_store
 from stack.torchserve import Ports, TorchServe
@@ -31,17 +32,12 @@ def settings_for(ts: TorchServe, **overrides: object) -> Settings:
 
 @contextmanager
 def running_gateway(settings: Settings, *, start_timeout: float = 20.0) -> Iterator[str]:
-    """Serve the app (uvloop + httptools, as in production); yield its base URL once /health answers; always stop."""
+    """Serve the app (uvloop, the bounded httptools protocol: as in production); yield its base URL once /health
+    answers; always stop."""
     port = free_port()
+    options = uvicorn_options(settings)  # the production server: bounded httptools protocol, uvloop
     config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
+        create_app(settings), host="127.0.0.1", port=port, lifespan="on", log_level="warning", **options
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)

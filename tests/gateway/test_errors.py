@@ -34,50 +34,58 @@ def answering(status: int, body: object = None, *, content: bytes | None = None)
 TS_ERROR = {"code": 0, "type": "X", "message": "TorchServe says no"}
 
 UPSTREAM_ROWS = [
-    pytest.param(raising(httpx.ReadTimeout), 504, "timeout", id="read-timeout"),
-    pytest.param(raising(httpx.WriteTimeout), 504, "timeout", id="write-timeout"),
-    pytest.param(raising(httpx.ConnectError), 503, "unavailable", id="connection-refused"),
-    pytest.param(raising(httpx.ConnectTimeout), 503, "unavailable", id="connect-timeout"),
-    pytest.param(raising(httpx.PoolTimeout), 503, "unavailable", id="pool-exhausted"),
-    pytest.param(raising(httpx.ReadError), 503, "unavailable", id="connection-reset"),
-    pytest.param(raising(httpx.RemoteProtocolError), 503, "unavailable", id="closed-mid-answer"),
+    pytest.param(raising(httpx.ReadTimeout), 504, "timeout", 1, id="read-timeout"),
+    pytest.param(raising(httpx.WriteTimeout), 504, "timeout", 1, id="write-timeout"),
+    pytest.param(raising(httpx.ConnectError), 503, "unavailable", 1, id="connection-refused"),
+    pytest.param(raising(httpx.ConnectTimeout), 503, "unavailable", 1, id="connect-timeout"),
+    pytest.param(raising(httpx.PoolTimeout), 503, "unavailable", 1, id="pool-exhausted"),
+    pytest.param(raising(httpx.ReadError), 503, "unavailable", 2, id="connection-reset"),
+    pytest.param(raising(httpx.RemoteProtocolError), 503, "unavailable", 2, id="closed-mid-answer"),
     pytest.param(
-        answering(400, {"error": '"text" is empty', "type": "invalid_input"}), 422, "invalid_input", id="handler-400"
+        answering(400, {"error": '"text" is empty', "type": "invalid_input"}), 422, "invalid_input", 1, id="handler-400"
     ),
-    pytest.param(answering(413, TS_ERROR), 413, "payload_too_large", id="torchserve-413"),
+    pytest.param(answering(413, TS_ERROR), 413, "payload_too_large", 1, id="torchserve-413"),
     pytest.param(
         answering(503, {"code": 503, "type": "ServiceUnavailableException", "message": "Model cola has no worker"}),
         503,
         "unavailable",
+        1,
         id="no-worker-503",
     ),
-    pytest.param(answering(404, TS_ERROR), 503, "unavailable", id="model-not-registered-404"),
+    pytest.param(answering(404, TS_ERROR), 503, "unavailable", 1, id="model-not-registered-404"),
     pytest.param(
-        answering(500, {"error": "inference failed", "type": "inference_error"}), 502, "bad_gateway", id="500"
+        answering(500, {"error": "inference failed", "type": "inference_error"}), 502, "bad_gateway", 1, id="500"
     ),
-    pytest.param(answering(507, TS_ERROR), 503, "unavailable", id="worker-died-507"),
+    pytest.param(answering(507, TS_ERROR), 503, "unavailable", 2, id="worker-died-507"),
     pytest.param(
         answering(500, {"code": 500, "type": "InternalServerException", "message": "Worker died."}),
         503,
         "unavailable",
+        2,
         id="worker-died-500",
     ),
-    pytest.param(answering(504, TS_ERROR), 504, "timeout", id="torchserve-504"),
-    pytest.param(answering(200, content=b"<html>"), 502, "bad_gateway", id="non-json-200"),
-    pytest.param(answering(200, {"label": "x", "probabilities": {"x": 1.0}}), 502, "bad_gateway", id="wrong-labels"),
-    pytest.param(answering(200, {"label": "acceptable"}), 502, "bad_gateway", id="no-probabilities"),
+    pytest.param(answering(504, TS_ERROR), 504, "timeout", 1, id="torchserve-504"),
+    pytest.param(answering(200, content=b"<html>"), 502, "bad_gateway", 1, id="non-json-200"),
+    pytest.param(answering(200, {"label": "x", "probabilities": {"x": 1.0}}), 502, "bad_gateway", 1, id="wrong-labels"),
+    pytest.param(answering(200, {"label": "acceptable"}), 502, "bad_gateway", 1, id="no-probabilities"),
     pytest.param(
         answering(200, {"label": "acceptable", "probabilities": {"acceptable": 1.5, "unacceptable": -0.5}}),
         502,
         "bad_gateway",
+        1,
         id="probability-out-of-range",
     ),
 ]
 
 
-@pytest.mark.parametrize(("fail", "status", "kind"), UPSTREAM_ROWS)
+@pytest.mark.parametrize(("fail", "status", "kind", "attempts"), UPSTREAM_ROWS)
 def test_upstream_failures_are_translated(
-    client: TestClient, upstream: FakeTorchServe, fail: Callable[..., httpx.Response], status: int, kind: str
+    client: TestClient,
+    upstream: FakeTorchServe,
+    fail: Callable[..., httpx.Response],
+    status: int,
+    kind: str,
+    attempts: int,
 ) -> None:
     upstream.fail = fail
 
@@ -89,7 +97,8 @@ def test_upstream_failures_are_translated(
     assert ("Retry-After" in response.headers) == (status == 503)
     if status == 503:
         assert response.headers["Retry-After"] == "5"
-    assert len(upstream.predictions) == 1  # one upstream call, no retries (but for a rejected key)
+    # one upstream call; two when the first was lost with its worker or connection (the failure is then the second's)
+    assert len(upstream.predictions) == attempts
 
 
 def test_the_handlers_400_message_is_passed_on(client: TestClient, upstream: FakeTorchServe) -> None:

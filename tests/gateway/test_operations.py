@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.metrics import CONTENT_TYPE
 from gateway.settings import REPO, Settings, SettingsError, load_settings
 from tests.gateway.conftest import FakeTorchServe
 
@@ -93,7 +94,17 @@ def test_docs_render_and_document_every_endpoint(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
 
     assert docs.status_code == 200
-    assert "Content-Security-Policy" not in docs.headers  # Swagger UI needs its scripts
+    csp = docs.headers["Content-Security-Policy"]
+    assert csp.startswith("default-src 'none'; script-src 'self' 'sha256-")  # its own assets and inline script only
+    assert "https:" not in csp
+    assert "unsafe" not in csp
+    assert "cdn" not in docs.text
+    assert "https://" not in docs.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"):
+        answer = client.get(f"/docs/assets/{asset}")
+        assert answer.status_code == 200, asset
+        assert len(answer.content) > 1_000
+    assert client.get("/redoc").status_code == 404
     paths = {"/generate", "/generate/batch", "/predict", "/predict/batch", "/health", "/ready", "/metrics"}
     assert set(spec["paths"]) == paths
     schemas = spec["components"]["schemas"]
@@ -104,6 +115,10 @@ def test_docs_render_and_document_every_endpoint(client: TestClient) -> None:
     params = spec["paths"]["/predict"]["post"]["parameters"]
     assert [p["name"] for p in params] == ["X-Model-Version"]
     assert {"404", "413", "422", "502", "503", "504"} <= set(spec["paths"]["/generate"]["post"]["responses"])
+    version = params[0]["schema"]
+    assert (version["type"], "anyOf" in version, params[0]["required"]) == ("string", False, False)  # never null
+    assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == [CONTENT_TYPE]
+    assert client.get("/metrics").headers["content-type"] == CONTENT_TYPE
 
 
 def test_settings_come_from_gateway_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,6 +144,8 @@ def test_settings_come_from_gateway_environment_variables(monkeypatch: pytest.Mo
         ("GATEWAY_INFERENCE_URL", "localhost", "valid URL"),
         ("GATEWAY_GENERATE_MODEL", "../cola", "should match pattern"),
         ("GATEWAY_RENEW_EXPIRED_KEYS", "maybe", "valid boolean"),
+        ("GATEWAY_MAX_HEADER_BYTES", "100", "greater than or equal to 1024"),
+        ("GATEWAY_MAX_CLIENT_CONNECTIONS", "0", "greater than or equal to 1"),
     ],
 )
 def test_bad_settings_fail_at_start_up_naming_the_variable(
@@ -146,4 +163,11 @@ def test_the_two_models_must_differ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_PREDICT_MODEL", "cola")
 
     with pytest.raises(SettingsError, match="different models"):
+        load_settings()
+
+
+def test_the_buffered_bytes_cap_holds_at_least_one_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_MAX_BUFFERED_BYTES", "50000")
+
+    with pytest.raises(SettingsError, match="max_buffered_bytes must be >= max_body_bytes"):
         load_settings()

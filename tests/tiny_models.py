@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import random
 import string
 from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from training.onnx_build import CALIBRATION_FILE
 
 COLA_LABELS = ("unacceptable", "acceptable")
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
@@ -103,4 +107,13 @@ def make_tiny_classifier(out_dir: Path, labels: tuple[str, ...], *, seed: int = 
     model = BertForSequenceClassification(config)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    write_calibration_texts(out_dir, seed=seed)
     return out_dir
+
+
+def write_calibration_texts(out_dir: Path, *, seed: int, count: int = 48) -> None:
+    """``calibration.json`` as a training run leaves it: texts (here random word strings of 1-40 words) that
+    packaging calibrates static int8 activation ranges on."""
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choices(_WORDS, k=rng.randint(1, 40))) for _ in range(count)]
+    (out_dir / CALIBRATION_FILE).write_text(json.dumps(texts))

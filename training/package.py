@@ -59,7 +59,13 @@ class ServingConfig:
     max_batch_delay_ms: int = 2
     response_timeout_s: int = 30
     handler: dict[str, Any] = field(
-        default_factory=lambda: {"max_length": 128, "engine": "onnxruntime", "num_threads": 1, "quantize": True}
+        default_factory=lambda: {
+            "max_length": 128,
+            "engine": "onnxruntime",
+            "num_threads": 1,
+            "quantize": True,
+            "activations": "static",  # calibrated on the model directory's calibration.json
+        }
     )
 
     def to_yaml(self) -> str:
@@ -124,7 +130,10 @@ def _stage(model_dir: Path, staging: Path, serving: ServingConfig) -> Path:
     shutil.copytree(HANDLER_PACKAGE, extra / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     settings = handler_settings(serving)
     if settings.engine == "onnxruntime":
-        onnx_build.build(model_dir, extra, settings)
+        try:
+            onnx_build.build(model_dir, extra, settings)
+        except ValueError as exc:  # e.g. static int8 without calibration texts
+            raise PackagingError(str(exc)) from None
     config_file = staging / "model-config.yaml"
     config_file.write_text(serving.to_yaml())
     return config_file
@@ -183,6 +192,20 @@ def checked_handler_section(model_dir: Path) -> dict[str, Any] | None:
     return dict(section) if isinstance(section, dict) else None
 
 
+def default_handler_section(model_dir: Path) -> dict[str, Any]:
+    """For a model no training run checked: static int8 where the folder has calibration texts, else dynamic (whose
+    answers depend slightly on the batch: a warning says so)."""
+    section = ServingConfig().handler
+    if not (model_dir / onnx_build.CALIBRATION_FILE).is_file():
+        print(
+            f"warning: {model_dir} has no {onnx_build.CALIBRATION_FILE}: packaging dynamic int8, whose answers move "
+            "slightly with their batch companions (add a JSON list of ~256 training texts for static int8)",
+            file=sys.stderr,
+        )
+        section = section | {"activations": "dynamic"}
+    return section
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.package", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, required=True, help="a save_pretrained directory (model+tokenizer)")
@@ -201,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms,
         response_timeout_s=args.response_timeout_s,
-        handler=checked_handler_section(args.model_dir) or ServingConfig().handler,
+        handler=checked_handler_section(args.model_dir) or default_handler_section(args.model_dir),
     )
     try:
         path = package(args.model_dir, name=args.name, store=args.model_store, version=args.version, serving=serving)

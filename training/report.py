@@ -46,7 +46,8 @@ def short_name(base_model: str) -> str:
 
 
 def write_plots(metrics: dict[str, Any], out: Path) -> None:
-    """``metric_per_epoch.png`` (validation metrics and training loss) and ``confusion_matrix.png`` (best epoch)."""
+    """``metric_per_epoch.png`` (validation metrics and training loss), ``confusion_matrix.png`` (best epoch) and
+    ``reliability.png`` (served probabilities against accuracy, before and after the temperature)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,11 +81,53 @@ def write_plots(metrics: dict[str, Any], out: Path) -> None:
     fig.savefig(out / "confusion_matrix.png", dpi=100)
     plt.close(fig)
 
+    cal = metrics.get("quantization", {}).get("calibration")
+    if cal:
+        from training.calibration import write_reliability_plot
+
+        write_reliability_plot(cal["reliability"], f"{metrics['task']}: served probabilities", out / "reliability.png")
+
 
 def _array(rows: list[list[int]]) -> Any:
     import numpy as np
 
     return np.array(rows)
+
+
+def base_line(m: dict[str, Any]) -> str:
+    """``mpnet`` (= sentence-transformers/all-mpnet-base-v2, weights sha256 ...) or the path / hub id given."""
+    base = m.get("base") or {}
+    if "upstream" in base:
+        return f"`{base['name']}` (= `{base['upstream']}`, weights sha256 `{base['weights_sha256']}`)"
+    return f"`{m['base_model']}`"
+
+
+def calibration_lines(q: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    if "batch_invariance" in q:
+        b = q["batch_invariance"]
+        lines += [
+            "",
+            f"Batch invariance: the largest change of any probability between a text sent alone and in a batch of "
+            f"{b['texts']} validation texts is {b['max_abs_delta']:.1e}.",
+        ]
+    cal = q.get("calibration")
+    if cal:
+        lines += [
+            "",
+            "## Calibration (served probabilities; temperature fitted on validation)",
+            "",
+            f"Fitted temperature {cal['fitted_temperature']:g}; served with temperature {cal['temperature']:g}.",
+            "",
+            "| split | ECE before | ECE after | NLL before | NLL after |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {split} | {e['before']:.4f} | {e['after']:.4f} | {cal['nll'][split]['before']:.4f} | "
+                f"{cal['nll'][split]['after']:.4f} |"
+                for split, e in cal["ece"].items()
+            ),
+        ]
+    return lines
 
 
 def model_card(m: dict[str, Any]) -> str:
@@ -94,7 +137,7 @@ def model_card(m: dict[str, Any]) -> str:
     lines = [
         f"# {m['task']} {m['version']}",
         "",
-        f"Labels (index order): {', '.join(m['labels'])}. Base model: `{m['base_model']}`. Created {m['created']}"
+        f"Labels (index order): {', '.join(m['labels'])}. Base model: {base_line(m)}. Created {m['created']}"
         f" on {m['device']} ({m['threads']} threads).",
         "",
         "## Data",
@@ -137,6 +180,8 @@ def model_card(m: dict[str, Any]) -> str:
     for c in q["candidates"]:
         s = c["served"]
         label = "fp32 (not quantized)" if not s["quantize"] else f"int8 {s['quantization']}"
+        if s["quantize"] and s["engine"] == "onnxruntime":
+            label += f", {s.get('activations', 'dynamic')} activations"
         if s["keep_fp32"]:
             label += f", {len(s['keep_fp32'])} Linear kept fp32"
         mark = " **(served)**" if c == q["chosen"] else "" if c["eligible"] else " (reported only)"
@@ -148,6 +193,7 @@ def model_card(m: dict[str, Any]) -> str:
         lines.append(f"| served | test | {test_values} | - | - |")
     if q["chosen"]:
         lines += ["", f"Handler settings in the archive's model-config.yaml: `{json.dumps(m['packaging']['handler'])}`"]
+    lines += calibration_lines(q)
     lines += [
         "",
         "## Limits",

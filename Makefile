@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 TASK ?= cola
 
-.PHONY: help venv mpnet java browser serve start stop status train test test-slow test-compose bench soak lint format clean
+.PHONY: help venv mpnet java browser serve start stop status train test test-slow test-compose bench examples soak lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ test: venv java browser lint  ## the whole suite: unit, gateway, training and in
 bench: venv java  ## naive vs TorchServe vs gateway under wrk -> docs/benchmarks.md + .png (needs both models: `make serve` first)
 	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; } || { echo "error: the benchmark needs wrk: apt-get install -y wrk"; exit 1; }
 	$(PY) -m benchmarks.run --model-store $(MODEL_STORE) --data-dir $(DATA_DIR) $(BENCH_ARGS)
+
+examples: venv  ## check the README's example answers against the running stack (make start first); WRITE=1 rewrites them
+	$(PY) -m stack.readme_examples $(if $(WRITE),--write,)
 
 RATE ?= 20
 DURATION ?= 300

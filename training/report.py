@@ -147,6 +147,15 @@ def model_card(m: dict[str, Any]) -> str:
         "",
         "## Training",
         f"`{m['command']}`",
+        *(
+            [
+                "",
+                f"Fine-tuned earlier by `{m['trained_by']['command']}` ({m['trained_by']['run']}); this run checked, "
+                "calibrated and packaged that model.",
+            ]
+            if m.get("trained_by")
+            else []
+        ),
         "",
         ", ".join(f"{k}={v}" for k, v in m["hyperparameters"].items() if k not in ("output", "model_store")),
         "",

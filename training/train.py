@@ -77,6 +77,7 @@ class Config:
     engine: str
     group_by_length: bool
     int8_study: bool
+    from_run: Path | None  # a finished run folder: skip fine-tuning, re-check and package its best/
     log_every: int
     precision: str  # "bf16" (autocast) or "fp32", resolved from --precision
 
@@ -137,6 +138,12 @@ def parse_args(argv: list[str] | None) -> Config:
         action="store_true",
         help="score every int8 setting (also the slower fallbacks and report-only ones), not just until one passes",
     )
+    p.add_argument(
+        "--from-run",
+        type=Path,
+        help="skip fine-tuning: check, calibrate and package the best/ model of a finished run folder (its metrics.json"
+        " gives the epochs and the training settings), e.g. to serve it with the current int8 check",
+    )
     p.add_argument("--no-group-by-length", action="store_true", help="plain shuffled batches (more padding)")
     p.add_argument("--log-every", type=int, default=20, help="log a progress line every N steps")
     p.add_argument(
@@ -181,6 +188,7 @@ def parse_args(argv: list[str] | None) -> Config:
         engine=a.engine,
         group_by_length=not a.no_group_by_length,
         int8_study=a.int8_study,
+        from_run=a.from_run,
         log_every=a.log_every,
         precision=a.precision,
     )
@@ -369,6 +377,10 @@ def run(cfg: Config, argv: list[str]) -> Path:
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    prior = finished_run(cfg.from_run, task) if cfg.from_run else None
+    if prior is not None:  # the settings the model was trained with, for the report and the card
+        trained = prior["hyperparameters"]
+        cfg = replace(cfg, **{k: trained[k] for k in ("base_model", "epochs", "lr", "warmup_ratio", "precision")})
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))
     base, base_facts = resolve(cfg.base_model)
     log.info(
@@ -381,7 +393,12 @@ def run(cfg: Config, argv: list[str]) -> Path:
     cfg.output.mkdir(parents=True, exist_ok=True)
     best_dir = cfg.output / "best"
     t0 = time.perf_counter()
-    result = fit(task, splits, cfg, device, best_dir, base=base)
+    if prior is None or cfg.from_run is None:
+        result = fit(task, splits, cfg, device, best_dir, base=base)
+    else:
+        shutil.copytree(cfg.from_run / "best", best_dir)
+        result = {k: prior[k] for k in ("epochs", "best_epoch", "best_validation")}
+        result["trained_by"] = {"run": str(cfg.from_run), "command": prior["command"]}
     t1 = time.perf_counter()
     if splits.test is not None:
         model = AutoModelForSequenceClassification.from_pretrained(best_dir).to(device)
@@ -445,6 +462,17 @@ def run(cfg: Config, argv: list[str]) -> Path:
     report.write_atomic(cfg.model_store / f"{task.name}-{version}.md", card)
     log.info("packaged %s (%.0f s in all)", archive, time.perf_counter() - started)
     return archive
+
+
+def finished_run(folder: Path, task: Task) -> dict[str, Any]:
+    """A finished run's metrics.json, checked to be this task's and to have its best/ model."""
+    try:
+        prior = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"--from-run {folder}: no readable metrics.json ({exc})") from None
+    if prior.get("task") != task.name or not (folder / "best" / "config.json").is_file():
+        raise TrainingError(f"--from-run {folder} is not a finished {task.name} run (metrics.json + best/)")
+    return dict(prior)
 
 
 def _handler_section(quant: dict[str, Any], cfg: Config) -> dict[str, Any]:

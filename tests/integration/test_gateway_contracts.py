@@ -3,13 +3,18 @@ original curl commands send them, batch forms, unusual text, readiness, metrics 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from stack.torchserve import TorchServe
+from benchmarks.served_quality import served_quality
+from stack import readme_examples
+from stack.torchserve import REPO, TorchServe
 from tests.gateway.server import running_gateway, settings_for
+from training.tasks import default_data_dir
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +147,37 @@ def test_metrics_show_the_traffic(gateway: httpx.Client) -> None:
 
     assert 'gateway_requests_total{method="POST",route="/generate",status="200"}' in text
     assert 'gateway_request_duration_seconds_bucket{method="POST",route="/generate",status="200",le="+Inf"}' in text
+
+
+def test_readme_examples_are_written_from_the_stack_and_drift_is_caught(gateway: httpx.Client, tmp_path: Path) -> None:
+    """The checker behind `make examples`, run against the real stack (tiny models): answers written from the
+    gateway pass the check; a README whose shown answer is off by more than the tolerance fails it."""
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{readme_examples.BEGIN}\nstale\n{readme_examples.END}\n\nmore text\n")
+    url = str(gateway.base_url).rstrip("/")
+    assert readme_examples.main(["--url", url, "--readme", str(readme), "--write"]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n")
+    assert text.endswith("more text\n")
+    shown = readme_examples.shown(text)
+    assert [set(a) for a in shown] == [{"prob"}] * 2 + [{"sentiment", "confidence", "probabilities"}] * 2
+    assert readme_examples.main(["--url", url, "--readme", str(readme)]) == 0
+
+    prob = shown[0]["prob"]
+    moved = round(prob + 0.05 if prob < 0.5 else prob - 0.05, 3)
+    readme.write_text(text.replace(json.dumps({"prob": prob}), json.dumps({"prob": moved}), 1))
+    assert readme_examples.main(["--url", url, "--readme", str(readme)]) == 1
+
+
+def test_the_readme_has_an_examples_block_of_every_example() -> None:
+    shown = readme_examples.shown((REPO / "README.md").read_text())
+    assert len(shown) == len(readme_examples.EXAMPLES)
+
+
+def test_served_quality_scores_every_split_through_the_gateway(gateway: httpx.Client) -> None:
+    report = served_quality(str(gateway.base_url).rstrip("/"), default_data_dir(), max_rows=40)
+    assert set(report) == {"cola/validation", "sentiment/validation", "sentiment/test", "cola: I are a boy"}
+    for split in ("cola/validation", "sentiment/validation", "sentiment/test"):
+        assert report[split]["rows"] == 40
+        assert 0 <= report[split]["accuracy"] <= 1
+    assert 0 <= report["cola: I are a boy"]["prob"] <= 1

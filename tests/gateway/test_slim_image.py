@@ -3,8 +3,10 @@ import nothing outside it, and the lock must agree with runtime.txt, the environ
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -28,6 +30,24 @@ def test_gateway_imports_nothing_heavy() -> None:
     )
     assert "fastapi" in loaded
     assert loaded.isdisjoint(HEAVY)
+
+
+def test_every_package_the_gateway_imports_is_in_its_lock() -> None:
+    """What gateway/*.py imports by name must be installed by the image: fastapi-offline (added to runtime.txt for the
+    offline /docs) once reached runtime.txt only, and the image's gateway failed at start-up."""
+    imported: set[str] = set()
+    for path in (REPO / "gateway").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = sorted(imported - set(sys.stdlib_module_names) - {"gateway", "__future__"})
+    distributions = metadata.packages_distributions()
+    needed = {dist.lower().replace("_", "-") for module in third_party for dist in distributions.get(module, [module])}
+    locked = {name.replace("_", "-") for name in pins("gateway.txt")}
+    assert "fastapi" in needed
+    assert needed <= locked, f"requirements/gateway.txt lacks {sorted(needed - locked)}"
 
 
 def test_gateway_lock_is_a_subset_of_the_runtime_lock() -> None:

@@ -50,6 +50,7 @@ from gateway.errors import (
 from gateway.keys import KeyFile, KeyFileError, KeyKind
 from gateway.metrics import Metrics
 from gateway.replicas import Resolve, Rotation, Upstream, discover, given, resolve_all
+from gateway.request_id import REQUEST_ID_HEADER, current_request_id
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -371,8 +372,12 @@ class TorchServeClient:
         path = f"/predictions/{model}" + (f"/{version}" if version else "")
         content = orjson.dumps(payload)
 
+        headers = {"Content-Type": "application/json"}
+        request_id = current_request_id.get()
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id
+
         async def post(replica: Replica) -> httpx.Response:
-            headers = {"Content-Type": "application/json"}
             return await replica.send("POST", path, kind="inference", content=content, headers=headers)
 
         async with self.boundary():

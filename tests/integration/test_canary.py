@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -162,23 +163,36 @@ def test_a_client_key_keeps_one_client_on_one_version(stack: Stack, gateway: str
 def test_promote_and_abort_fail_no_request(stack: Stack, gateway: str, action: str) -> None:
     assert stack.publish("canary", "cola", "2.0", "--percent", "30") == 0
     until_split_seen(gateway, "2.0")
-    results: list[str | None] = []
+    results: list[tuple[int, str | None]] = []  # status, served version of every request sent during the switch
     stop = threading.Event()
 
     def traffic() -> None:
-        while not stop.is_set():
-            results.extend(post_many(gateway, 8, workers=4))  # asserts every answer is 200
+        with httpx.Client(base_url=gateway, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    response = client.post("/generate", json=PASSAGE)
+                    results.append((response.status_code, response.headers.get("X-Model-Version")))
+                except httpx.HTTPError as exc:
+                    results.append((0, type(exc).__name__))
 
-    thread = threading.Thread(target=traffic)
-    thread.start()
+    threads = [threading.Thread(target=traffic) for _ in range(3)]
+    for thread in threads:
+        thread.start()
     try:
+        deadline = time.monotonic() + 30
+        while {v for _, v in list(results)} != {"1.0", "2.0"}:  # the traffic is split before the action
+            assert time.monotonic() < deadline, "the traffic never reached both versions"
+            time.sleep(0.05)
         assert stack.publish(action, "cola") == 0
         after = until_only(gateway, "2.0" if action == "promote" else "1.0")
     finally:
         stop.set()
-        thread.join(timeout=60)
+        for thread in threads:
+            thread.join(timeout=60)
     assert len(after) == 20
-    assert len(results) > 0
+    assert len(results) > 20
+    assert [r for r in results if r[0] != 200] == []  # no request failed
+    assert {v for _, v in results} == {"1.0", "2.0"}
     if action == "promote":
         assert json.loads((stack.store / "defaults.json").read_text())["cola"] == {"default": "2.0", "history": ["1.0"]}
         assert stack.publish("rollback", "cola") == 0  # back to 1.0 for the other tests

@@ -99,30 +99,39 @@ def _answer(body: BaseModel, prediction: Prediction) -> Response:
 
 
 async def infer(
-    request: Request, model: str, payload: dict[str, Any], *, pinned: str | None, client_key: str | None
-) -> Prediction:
-    """One inference request: the version chosen (pinned, canary share or default), sent, and counted per version.
-    A canary version that TorchServe no longer has sends its share to the default instead of failing it."""
+    request: Request,
+    model: str,
+    payload: dict[str, Any],
+    *,
+    pinned: str | None,
+    client_key: str | None,
+    build: Callable[[Any], BaseModel],
+) -> Response:
+    """One inference request: the version chosen (pinned, canary share or default), sent, its answer mapped by
+    ``build`` to the route's contract, and counted per version once the mapping succeeded (an answer outside the
+    contract counts as that version's error). A canary version that TorchServe no longer has sends its share to the
+    default instead of failing it."""
     chooser: VersionChooser = request.app.state.chooser
     metrics: Metrics = request.app.state.metrics
     choice = chooser.choose(model, pinned=pinned, client_key=client_key)
     started = time.perf_counter()
+    served: str | None = choice.version if choice.role == "canary" else None  # never the client's pinned string
     try:
         try:
             prediction = await _client(request).predict(model, payload, version=choice.version)
         except ModelVersionNotFound:
             if choice.role != "canary":
                 raise
-            choice = DEFAULT
+            choice, served = DEFAULT, None
             prediction = await _client(request).predict(model, payload, version=None)
+        served = prediction.version or UNKNOWN
+        body = build(prediction.body)
     except GatewayError as exc:
-        chosen = choice.version if choice.role == "canary" else None  # never the client's pinned string
-        metrics.models.failed(model, chosen, choice.role, time.perf_counter() - started, exc.type)
+        metrics.models.failed(model, served, choice.role, time.perf_counter() - started, exc.type)
         raise
     items = prediction.body if isinstance(prediction.body, list) else [prediction.body]
-    served = prediction.version or UNKNOWN
     metrics.models.answered(model, served, choice.role, time.perf_counter() - started, items)
-    return prediction
+    return _answer(body, prediction)
 
 
 def validated_by(model: type[BaseModel]) -> Callable[[_Endpoint], _Endpoint]:
@@ -154,10 +163,11 @@ def build_router(settings: Settings) -> APIRouter:
         version: ModelVersion = None,
         client_key: ClientKey = None,
     ) -> Response:
-        prediction = await infer(
-            request, settings.generate_model, {"text": body.passage}, pinned=version, client_key=client_key
-        )
-        return _answer(GenerateResponse.from_prediction(prediction.body), prediction)
+        payload = {"text": body.passage}
+        return await infer(
+            request, settings.generate_model, payload, pinned=version, client_key=client_key,
+            build=GenerateResponse.from_prediction,
+        )  # fmt: skip
 
     @router.post(
         "/generate/batch",
@@ -174,12 +184,13 @@ def build_router(settings: Settings) -> APIRouter:
         client_key: ClientKey = None,
     ) -> Response:
         passages = body.passages
-        prediction = await infer(
-            request, settings.generate_model, {"texts": passages}, pinned=version, client_key=client_key
-        )
-        items = batch_of(prediction.body, len(passages))
-        return _answer(
-            GenerateBatchResponse(results=[GenerateResponse.from_prediction(item) for item in items]), prediction
+
+        def build(answer: Any) -> GenerateBatchResponse:
+            items = batch_of(answer, len(passages))
+            return GenerateBatchResponse(results=[GenerateResponse.from_prediction(item) for item in items])
+
+        return await infer(
+            request, settings.generate_model, {"texts": passages}, pinned=version, client_key=client_key, build=build
         )
 
     @router.post(
@@ -196,10 +207,10 @@ def build_router(settings: Settings) -> APIRouter:
         version: ModelVersion = None,
         client_key: ClientKey = None,
     ) -> Response:
-        prediction = await infer(
-            request, settings.predict_model, {"text": body.text}, pinned=version, client_key=client_key
-        )
-        return _answer(PredictResponse.from_prediction(prediction.body), prediction)
+        return await infer(
+            request, settings.predict_model, {"text": body.text}, pinned=version, client_key=client_key,
+            build=PredictResponse.from_prediction,
+        )  # fmt: skip
 
     @router.post(
         "/predict/batch",
@@ -216,12 +227,13 @@ def build_router(settings: Settings) -> APIRouter:
         client_key: ClientKey = None,
     ) -> Response:
         texts = body.texts
-        prediction = await infer(
-            request, settings.predict_model, {"texts": texts}, pinned=version, client_key=client_key
-        )
-        items = batch_of(prediction.body, len(texts))
-        return _answer(
-            PredictBatchResponse(results=[PredictResponse.from_prediction(item) for item in items]), prediction
+
+        def build(answer: Any) -> PredictBatchResponse:
+            items = batch_of(answer, len(texts))
+            return PredictBatchResponse(results=[PredictResponse.from_prediction(item) for item in items])
+
+        return await infer(
+            request, settings.predict_model, {"texts": texts}, pinned=version, client_key=client_key, build=build
         )
 
     @router.get(

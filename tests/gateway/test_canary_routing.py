@@ -139,3 +139,12 @@ def test_request_ids_are_kept_or_made_returned_and_sent_on(
 def test_the_catalogue_needs_a_store(client: TestClient) -> None:
     answer = client.get("/models")
     assert (answer.status_code, answer.json()["type"]) == (503, "unavailable")
+
+
+def test_an_answer_outside_the_contract_is_that_versions_error(client: TestClient, upstream: FakeTorchServe) -> None:
+    wrong = {"label": "x", "probabilities": {"x": 1.0}}  # no "acceptable": /generate cannot answer it
+    upstream.fail = lambda request: httpx.Response(200, json=wrong, headers={"X-Model-Version": "1.0"})
+    assert client.post("/generate", json=PASSAGE).status_code == 502
+    text = client.get("/metrics").text
+    assert 'gateway_model_errors_total{model="cola",version="1.0",role="default",type="bad_gateway"} 1' in text
+    assert "gateway_model_predictions_total{" not in text

@@ -19,12 +19,16 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.aiohttp_transport import AiohttpTransport
+from gateway.canary import VersionChooser
+from gateway.catalogue import Catalogue
 from gateway.errors import GatewayError, handle_error
 from gateway.metrics import Metrics, MetricsMiddleware
 from gateway.middleware import DOCS_ASSETS, BodyLimitMiddleware, SecurityHeadersMiddleware
 from gateway.replicas import Resolve, resolve_all
+from gateway.request_id import RequestIdMiddleware
 from gateway.routes import build_router
 from gateway.settings import Settings, load_settings
+from gateway.store_files import SplitWatcher
 from gateway.torchserve import TorchServeClient
 
 log = logging.getLogger("gateway")
@@ -116,6 +120,8 @@ def create_app(
     app.openapi = exact_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.chooser = VersionChooser(SplitWatcher(settings.model_store, check_s=settings.split_check_s))
+    app.state.catalogue = Catalogue(settings.model_store) if settings.model_store is not None else None
     for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_class, handle_error)
     app.include_router(build_router(settings))
@@ -127,5 +133,6 @@ def create_app(
         retry_after_s=settings.retry_after_s,
     )
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outside the limits: their refusals carry the id too
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: sees every answer
     return app

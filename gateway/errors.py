@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.request_id import current_request_id
+
 log = logging.getLogger(__name__)
 
 
@@ -122,8 +124,14 @@ def describe_validation(errors: Sequence[Any]) -> str:
 async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     """The one exception handler (registered for every exception class the app can see)."""
     if isinstance(exc, GatewayError):
+        request_id = current_request_id.get()
         if exc.status >= 500:
-            log.warning("%s %s -> %d %s: %s", request.method, request.url.path, exc.status, exc.type, exc.message)
+            log.warning(
+                "request %s: %s %s -> %d %s: %s", request_id, request.method, request.url.path, exc.status, exc.type,
+                exc.message,
+            )  # fmt: skip
+        else:  # the client's mistake: its type only (a message may quote the input)
+            log.info("request %s: %s %s -> %d %s", request_id, request.method, request.url.path, exc.status, exc.type)
         return error_response(exc.status, exc.message, exc.type, exc.headers)
     if isinstance(exc, RequestValidationError):
         return error_response(InvalidInput.status, describe_validation(exc.errors()), InvalidInput.type)

@@ -1,4 +1,5 @@
-"""The gateway's own Prometheus metrics: request counts and a latency histogram per method, route and status.
+"""The gateway's own Prometheus metrics: request counts and a latency histogram per method, route and status (the
+per-version families live in :mod:`gateway.model_metrics`).
 
 A small hand-written registry (two metric families need no dependency), owned by one app instance, plus a pure
 ASGI middleware that feeds it. Routes are labelled by their template (``/predict``), unmatched paths as
@@ -13,6 +14,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.model_metrics import ModelMetrics
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 UNMATCHED = "<unmatched>"
@@ -36,11 +39,13 @@ class _Histogram:
 
 
 class Metrics:
-    """``gateway_requests_total``, ``gateway_request_duration_seconds`` and ``gateway_upstream_retries_total``."""
+    """``gateway_requests_total``, ``gateway_request_duration_seconds`` and ``gateway_upstream_retries_total``, plus
+    the per-model, per-version families of :class:`~gateway.model_metrics.ModelMetrics` (``models``)."""
 
     def __init__(self) -> None:
         self._histograms: dict[Labels, _Histogram] = defaultdict(_Histogram)
         self.retries: Counter[str] = Counter()
+        self.models = ModelMetrics()
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self._histograms[(method, route, str(status))].observe(seconds)
@@ -76,6 +81,7 @@ class Metrics:
         ]
         for reason in RETRY_REASONS:
             lines.append(f'gateway_upstream_retries_total{{reason="{reason}"}} {self.retries[reason]}')
+        lines += self.models.render()
         return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,8 @@ No ``from __future__ import annotations`` here: FastAPI reads these signatures a
 are local to :func:`build_router` (they carry the configured limits).
 """
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -13,8 +15,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from pydantic_core import to_json
 
-from gateway.errors import Unavailable
+from gateway.canary import CLIENT_KEY_HEADER, CLIENT_KEY_PATTERN, DEFAULT, VersionChooser
+from gateway.catalogue import Catalogue
+from gateway.errors import GatewayError, ModelVersionNotFound, Unavailable
 from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.model_metrics import UNKNOWN
 from gateway.schemas import (
     VERSION_PATTERN,
     ErrorResponse,
@@ -23,6 +28,7 @@ from gateway.schemas import (
     GenerateRequest,
     GenerateResponse,
     HealthResponse,
+    ModelsResponse,
     NotReadyResponse,
     PredictBatchRequest,
     PredictBatchResponse,
@@ -47,6 +53,17 @@ ModelVersion = Annotated[
         description="Pin a registered model version (e.g. 2.0); omitted: TorchServe's default version. The answer "
         "carries the version that served it in the same header.",
         examples=["1.0"],
+    ),
+]
+
+ClientKey = Annotated[
+    str | None,
+    Header(
+        alias=CLIENT_KEY_HEADER,
+        pattern=CLIENT_KEY_PATTERN,
+        description="Optional sticky canary routing: unpinned requests with the same key (e.g. a hashed user id, "
+        "1-128 characters A-Z a-z 0-9 . _ : @ -) always get the same version while a canary runs.",
+        examples=["user-42"],
     ),
 ]
 
@@ -81,6 +98,42 @@ def _answer(body: BaseModel, prediction: Prediction) -> Response:
     return Response(to_json(body), media_type="application/json", headers=headers)
 
 
+async def infer(
+    request: Request,
+    model: str,
+    payload: dict[str, Any],
+    *,
+    pinned: str | None,
+    client_key: str | None,
+    build: Callable[[Any], BaseModel],
+) -> Response:
+    """One inference request: the version chosen (pinned, canary share or default), sent, its answer mapped by
+    ``build`` to the route's contract, and counted per version once the mapping succeeded (an answer outside the
+    contract counts as that version's error). A canary version that TorchServe no longer has sends its share to the
+    default instead of failing it."""
+    chooser: VersionChooser = request.app.state.chooser
+    metrics: Metrics = request.app.state.metrics
+    choice = chooser.choose(model, pinned=pinned, client_key=client_key)
+    started = time.perf_counter()
+    served: str | None = choice.version if choice.role == "canary" else None  # never the client's pinned string
+    try:
+        try:
+            prediction = await _client(request).predict(model, payload, version=choice.version)
+        except ModelVersionNotFound:
+            if choice.role != "canary":
+                raise
+            choice, served = DEFAULT, None
+            prediction = await _client(request).predict(model, payload, version=None)
+        served = prediction.version or UNKNOWN
+        body = build(prediction.body)
+    except GatewayError as exc:
+        metrics.models.failed(model, served, choice.role, time.perf_counter() - started, exc.type)
+        raise
+    items = prediction.body if isinstance(prediction.body, list) else [prediction.body]
+    metrics.models.answered(model, served, choice.role, time.perf_counter() - started, items)
+    return _answer(body, prediction)
+
+
 def validated_by(model: type[BaseModel]) -> Callable[[_Endpoint], _Endpoint]:
     """Let FastAPI validate ``body`` with ``model`` (the request class carrying the configured limits), while the
     signature keeps the static class of the same name for readers and mypy."""
@@ -108,9 +161,13 @@ def build_router(settings: Settings) -> APIRouter:
         body: GenerateRequest,
         request: Request,
         version: ModelVersion = None,
+        client_key: ClientKey = None,
     ) -> Response:
-        prediction = await _client(request).predict(settings.generate_model, {"text": body.passage}, version=version)
-        return _answer(GenerateResponse.from_prediction(prediction.body), prediction)
+        payload = {"text": body.passage}
+        return await infer(
+            request, settings.generate_model, payload, pinned=version, client_key=client_key,
+            build=GenerateResponse.from_prediction,
+        )  # fmt: skip
 
     @router.post(
         "/generate/batch",
@@ -124,12 +181,16 @@ def build_router(settings: Settings) -> APIRouter:
         body: GenerateBatchRequest,
         request: Request,
         version: ModelVersion = None,
+        client_key: ClientKey = None,
     ) -> Response:
         passages = body.passages
-        prediction = await _client(request).predict(settings.generate_model, {"texts": passages}, version=version)
-        items = batch_of(prediction.body, len(passages))
-        return _answer(
-            GenerateBatchResponse(results=[GenerateResponse.from_prediction(item) for item in items]), prediction
+
+        def build(answer: Any) -> GenerateBatchResponse:
+            items = batch_of(answer, len(passages))
+            return GenerateBatchResponse(results=[GenerateResponse.from_prediction(item) for item in items])
+
+        return await infer(
+            request, settings.generate_model, {"texts": passages}, pinned=version, client_key=client_key, build=build
         )
 
     @router.post(
@@ -144,9 +205,12 @@ def build_router(settings: Settings) -> APIRouter:
         body: PredictRequest,
         request: Request,
         version: ModelVersion = None,
+        client_key: ClientKey = None,
     ) -> Response:
-        prediction = await _client(request).predict(settings.predict_model, {"text": body.text}, version=version)
-        return _answer(PredictResponse.from_prediction(prediction.body), prediction)
+        return await infer(
+            request, settings.predict_model, {"text": body.text}, pinned=version, client_key=client_key,
+            build=PredictResponse.from_prediction,
+        )  # fmt: skip
 
     @router.post(
         "/predict/batch",
@@ -160,13 +224,36 @@ def build_router(settings: Settings) -> APIRouter:
         body: PredictBatchRequest,
         request: Request,
         version: ModelVersion = None,
+        client_key: ClientKey = None,
     ) -> Response:
         texts = body.texts
-        prediction = await _client(request).predict(settings.predict_model, {"texts": texts}, version=version)
-        items = batch_of(prediction.body, len(texts))
-        return _answer(
-            PredictBatchResponse(results=[PredictResponse.from_prediction(item) for item in items]), prediction
+
+        def build(answer: Any) -> PredictBatchResponse:
+            items = batch_of(answer, len(texts))
+            return PredictBatchResponse(results=[PredictResponse.from_prediction(item) for item in items])
+
+        return await infer(
+            request, settings.predict_model, {"texts": texts}, pinned=version, client_key=client_key, build=build
         )
+
+    @router.get(
+        "/models",
+        tags=["operations"],
+        summary="The model catalogue: versions, default, canary share, labels and validation metrics per model",
+        response_model=ModelsResponse,
+        responses={503: {"model": ErrorResponse, "description": "No model store configured, or it cannot be read."}},
+    )
+    async def model_catalogue(request: Request) -> Response:
+        catalogue: Catalogue | None = request.app.state.catalogue
+        if catalogue is None:
+            raise Unavailable(
+                "this gateway has no model store (GATEWAY_MODEL_STORE)", retry_after_s=settings.retry_after_s
+            )
+        try:
+            body = await asyncio.to_thread(catalogue.read)
+        except OSError:
+            raise Unavailable("the model store cannot be read", retry_after_s=settings.retry_after_s) from None
+        return Response(to_json(body), media_type="application/json")
 
     @router.get("/health", tags=["operations"], summary="The gateway process is alive (does not call TorchServe)")
     async def health() -> HealthResponse:

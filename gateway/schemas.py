@@ -216,3 +216,31 @@ def _build(cls: type[_Model], **values: Any) -> _Model:
         return cls.model_validate(values)
     except ValidationError as exc:
         raise BadGateway(f"TorchServe answered values outside the contract ({exc.error_count()} error(s))") from None
+
+
+class VersionInfo(BaseModel):
+    version: str = Field(examples=["2.0"])
+    labels: list[str] | None = Field(
+        description="The model's label names (id2label of the archive's config.json), in id order; null when the "
+        "archive cannot be read.",
+        examples=[["unacceptable", "acceptable"]],
+    )
+    validation: dict[str, float] | None = Field(
+        description="The best epoch's validation metrics from the archive's metrics.json (the model card's numbers); "
+        "null for an archive built without a training run.",
+        examples=[{"mcc": 0.268, "accuracy": 0.72}],
+    )
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(examples=["cola"])
+    default: str = Field(description="The default version (defaults.json, else the newest).", examples=["1.0"])
+    canary: str | None = Field(description="The canary version, if any.", examples=["2.0"])
+    canary_percent: float = Field(
+        description="Share of unpinned requests sent to the canary (0 without one).", examples=[10.0]
+    )
+    versions: list[VersionInfo]
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]

@@ -182,6 +182,20 @@ class Settings(BaseSettings):
         "min), ask TorchServe for a new one (POST /token with the API key) instead of failing every request.",
     )
 
+    model_store: Path | None = Field(
+        default=None,
+        description="The model store, read only: the canary split (canary.json) and the catalogue of GET /models "
+        "(archive names, defaults.json, each archive's labels and validation metrics). Unset: no canary split and "
+        "GET /models answers 503. A relative path is taken from the repository root.",
+    )
+    split_check_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="How often the canary split file is checked for a change (one stat; re-read only when it "
+        "changed): every gateway process follows a new split within this many seconds.",
+    )
+
     replicas: list[ReplicaSettings] | None = Field(
         default=None,
         min_length=1,
@@ -207,6 +221,11 @@ class Settings(BaseSettings):
     @classmethod
     def _from_repo_root(cls, value: Path) -> Path:
         return _from_repo(value)
+
+    @field_validator("model_store")
+    @classmethod
+    def _store_from_repo_root(cls, value: Path | None) -> Path | None:
+        return None if value is None else _from_repo(value)
 
     @model_validator(mode="after")
     def _distinct_models(self) -> Settings:

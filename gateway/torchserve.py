@@ -50,6 +50,7 @@ from gateway.errors import (
 from gateway.keys import KeyFile, KeyFileError, KeyKind
 from gateway.metrics import Metrics
 from gateway.replicas import Resolve, Rotation, Upstream, discover, given, resolve_all
+from gateway.request_id import REQUEST_ID_HEADER, current_request_id
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -319,9 +320,11 @@ class TorchServeClient:
     def boundary(self) -> AbstractAsyncContextManager[None]:
         return translate_errors(retry_after_s=self.settings.retry_after_s)
 
-    async def _on_a_replica(self, call: Callable[[Replica], Awaitable[_T]]) -> _T:
-        """``call`` on the next replica; on a failure before anything was sent, on the one after, and so on."""
-        replicas = self.rotation.order()
+    async def _on_a_replica(self, call: Callable[[Replica], Awaitable[_T]], *, avoid: Sequence[Replica] = ()) -> _T:
+        """``call`` on the next replica; on a failure before anything was sent, on the one after, and so on.
+        Replicas in ``avoid`` (where an attempt of the same request was just lost) are tried last."""
+        order = self.rotation.order()
+        replicas = [r for r in order if r not in avoid] + [r for r in order if r in avoid]
         if not replicas:
             raise Unavailable("no TorchServe replica is known yet", retry_after_s=self.settings.retry_after_s)
         for index, replica in enumerate(replicas):
@@ -340,7 +343,13 @@ class TorchServeClient:
         happens, the answer or the failure comes by ``read_timeout_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.read_timeout_s
-        attempts = [asyncio.ensure_future(self._on_a_replica(call))]
+        tried: list[Replica] = []
+
+        async def tracked(replica: Replica) -> httpx.Response:
+            tried.append(replica)
+            return await call(replica)
+
+        attempts = [asyncio.ensure_future(self._on_a_replica(tracked))]
         try:
             done, _ = await asyncio.wait(attempts, timeout=self.settings.attempt_timeout_s)
             reason = lost(attempts[0]) if done else "no_answer"
@@ -348,7 +357,8 @@ class TorchServeClient:
                 return attempts[0].result()
             self.metrics.retried(reason)
             log.warning("an inference attempt was lost (%s); sending it once more", reason)
-            attempts.append(asyncio.ensure_future(self._on_a_replica(call)))
+            # another replica first: the one that lost it may be gone, its pooled connections with it
+            attempts.append(asyncio.ensure_future(self._on_a_replica(call, avoid=list(tried))))
             pending = {attempt for attempt in attempts if not attempt.done()}
             while pending:
                 remaining = max(deadline - loop.time(), 0.0)
@@ -371,8 +381,12 @@ class TorchServeClient:
         path = f"/predictions/{model}" + (f"/{version}" if version else "")
         content = orjson.dumps(payload)
 
+        headers = {"Content-Type": "application/json"}
+        request_id = current_request_id.get()
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id
+
         async def post(replica: Replica) -> httpx.Response:
-            headers = {"Content-Type": "application/json"}
             return await replica.send("POST", path, kind="inference", content=content, headers=headers)
 
         async with self.boundary():

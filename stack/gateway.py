@@ -32,6 +32,7 @@ class Gateway:
             GATEWAY_INFERENCE_URL=self.torchserve.inference_url,
             GATEWAY_MANAGEMENT_URL=self.torchserve.management_url,
             GATEWAY_KEY_FILE=str(self.torchserve.key_file),
+            GATEWAY_MODEL_STORE=str(self.torchserve.model_store),  # read only: canary split and GET /models
             PYTHONUNBUFFERED="1",
         )
         return env

@@ -8,7 +8,6 @@ the management key read fresh from ``key_file.json`` when TorchServe rejects the
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,10 +16,9 @@ from typing import Any
 
 import httpx
 
-ARCHIVE_RE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_]*)-(?P<version>\d+(?:\.\d+){0,2})\.mar$")
-# In the model store, written by `python -m training.publish`: {"cola": {"default": "2.0", "history": ["1.0"]}}, the
-# default version chosen by the operator and the previous ones (for rollback); a plain {"cola": "2.0"} is accepted.
-DEFAULTS_FILE = "defaults.json"
+from gateway.store_files import ARCHIVE_RE, DEFAULTS_FILE
+
+__all__ = ["ARCHIVE_RE", "DEFAULTS_FILE", "Management", "ManagementError", "register_store", "version_key"]
 
 
 class ManagementError(RuntimeError):

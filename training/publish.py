@@ -6,6 +6,9 @@
     python -m training.publish rollback cola                                     # back to the previous default
     python -m training.publish unregister cola 2.0 [--delete-archive]            # refuses the current default
     python -m training.publish scale cola 2.0 --workers 2
+    python -m training.publish canary cola 2.0 --percent 10                      # 10% of unpinned traffic to 2.0
+    python -m training.publish promote cola                                      # the canary becomes the default
+    python -m training.publish abort cola                                        # all traffic back to the default
 
 The default version chosen here is written to ``<model_store>/defaults.json`` (atomically) *before* TorchServe is
 told, and put back if TorchServe refuses, so the file and the running default never disagree; a store that cannot be
@@ -13,6 +16,11 @@ written fails the command with one line and TorchServe unchanged. The file keeps
 ``{"cola": {"default": "2.0", "history": ["1.0"]}}``. TorchServe runs without snapshots
 (``--ncs``); at every start the launcher re-registers each archive of the store and sets the defaults recorded in
 that file (stack/management.py ``register_store``), so a restart serves the same versions and the same default.
+
+The canary split lives in ``<model_store>/canary.json`` (:mod:`gateway.store_files`), written atomically and read by
+every gateway process (each checks it about once a second): TorchServe itself knows nothing of it. ``promote`` makes
+the canary TorchServe's default (through ``defaults.json`` as ``set-default`` does) and only then ends the split, so
+no request is sent to a version that stopped serving.
 
 Every failure prints one line (``publish: error: ...``) to stderr and exits 1.
 """
@@ -29,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.store_files import SPLIT_FILE, Canary, SplitFileError, read_split, write_split
 from stack.management import ARCHIVE_RE, DEFAULTS_FILE, Management, ManagementError, version_key
 from stack.run_dir import default_key_file
 
@@ -172,14 +181,86 @@ def wait_drained(mgmt: Management, name: str, version: str, *, quiet_s: float, t
 
 def cmd_list(mgmt: Management, args: argparse.Namespace) -> None:
     names = mgmt.models()
+    split = store_split(args.model_store)
     if not names:
         print("no models registered")
     for name in sorted(names):
         default = mgmt.default_version(name)
+        canary = split.get(name)
+        share = canary.percent if canary else 0.0
         for version, desc in sorted(registered_versions(mgmt, name).items(), key=lambda kv: version_key(kv[0])):
             workers = ",".join(str(w.get("status")) for w in desc.get("workers", [])) or "none"
-            mark = "  default" if version == default else ""
+            mark = ("  default" + (f" {100 - share:g}%" if canary else "")) if version == default else ""
+            if canary and version == canary.version:
+                mark = f"  canary {share:g}%"
             print(f"{name:<16} {version:<8} workers={workers}{mark}")
+
+
+# --- the canary split (canary.json) ---------------------------------------------------------------------------------
+
+
+def store_split(store: Path) -> dict[str, Canary]:
+    try:
+        return read_split(store)
+    except SplitFileError as exc:
+        raise PublishError(f"{exc}; fix or delete it") from None
+    except OSError as exc:
+        raise PublishError(f"cannot read {store / SPLIT_FILE} ({exc.strerror}; running as uid {os.getuid()})") from None
+
+
+def save_split(store: Path, split: dict[str, Canary]) -> None:
+    try:
+        write_split(store, split)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise PublishError(f"cannot write {store / SPLIT_FILE} ({reason}; running as uid {os.getuid()}): the split "
+                           "was not changed; make the model store writable") from None  # fmt: skip
+
+
+def cmd_canary(mgmt: Management, args: argparse.Namespace) -> None:
+    if not 0 <= args.percent <= 100:
+        raise PublishError(f"--percent must be from 0 to 100, not {args.percent:g}")
+    split = store_split(args.model_store)
+    running = split.get(args.name)
+    if running is not None:
+        raise PublishError(f"{args.name} already has a canary ({running.version} at {running.percent:g}%); "
+                           f"promote or abort it first")  # fmt: skip
+    desc = require_version(mgmt, args.name, args.version)
+    if mgmt.default_version(args.name) == args.version:
+        raise PublishError(f"{args.name} {args.version} is already the default; a canary must be another version")
+    if ready_workers(desc) == 0:
+        raise PublishError(f"{args.name} {args.version} has no READY worker; scale it up first")
+    save_split(args.model_store, {**split, args.name: Canary(version=args.version, percent=round(args.percent, 2))})
+    print(f"{args.name}: canary {args.version} gets {args.percent:g}% of unpinned requests (gateways follow within "
+          "about a second)")  # fmt: skip
+
+
+def running_canary(store: Path, name: str) -> tuple[dict[str, Canary], Canary]:
+    split = store_split(store)
+    if name not in split:
+        raise PublishError(f"{name} has no canary running (see `list`)")
+    return split, split[name]
+
+
+def cmd_promote(mgmt: Management, args: argparse.Namespace) -> None:
+    split, canary = running_canary(args.model_store, args.name)
+    desc = require_version(mgmt, args.name, canary.version)
+    if ready_workers(desc) == 0:
+        raise PublishError(f"canary {args.name} {canary.version} has no READY worker; scale it up or abort")
+    previous = mgmt.default_version(args.name)
+    if previous != canary.version:  # first TorchServe's default (both versions keep serving), then the split ends
+        defaults = with_default(args.model_store, args.name, canary.version, previous=previous)
+        switch_default(mgmt, args.model_store, args.name, canary.version, defaults)
+    save_split(args.model_store, {k: v for k, v in split.items() if k != args.name})
+    print(f"{args.name}: canary {canary.version} promoted, default {previous} -> {canary.version} (rollback: "
+          f"`rollback {args.name}`)")  # fmt: skip
+
+
+def cmd_abort(mgmt: Management, args: argparse.Namespace) -> None:
+    split, canary = running_canary(args.model_store, args.name)
+    save_split(args.model_store, {k: v for k, v in split.items() if k != args.name})
+    print(f"{args.name}: canary {canary.version} aborted; all unpinned requests go to the default "
+          f"({canary.version} stays registered)")  # fmt: skip
 
 
 def archive_in_store(path_or_name: str, store: Path) -> Path:
@@ -287,6 +368,9 @@ COMMANDS = {
     "rollback": cmd_rollback,
     "unregister": cmd_unregister,
     "scale": cmd_scale,
+    "canary": cmd_canary,
+    "promote": cmd_promote,
+    "abort": cmd_abort,
 }
 
 
@@ -303,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-store", type=Path, default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")))
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for workers / draining")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="models, versions, default and worker status")
+    sub.add_parser("list", help="models, versions, default, canary split and worker status")
     register = sub.add_parser("register", help="register an archive of the store and wait until it is READY")
     register.add_argument("archive", help="<name>-<version>.mar (a file name in the store, or its path)")
     register.add_argument("--workers", type=int, default=None, help="initial workers (default: the archive's)")
@@ -320,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("name")
     scale.add_argument("version")
     scale.add_argument("--workers", type=int, required=True)
+    canary = sub.add_parser("canary", help="send a share of the unpinned requests to a registered version")
+    canary.add_argument("name")
+    canary.add_argument("version")
+    canary.add_argument("--percent", type=float, required=True, help="0-100 (to 0.01) of the unpinned requests")
+    sub.add_parser("promote", help="make the canary the default and end the split").add_argument("name")
+    sub.add_parser("abort", help="end the split: every unpinned request to the default").add_argument("name")
     return parser
 
 

@@ -103,6 +103,11 @@ def test_gateway_holds_the_inference_key_and_nothing_else(compose: Compose) -> N
     assert "inference_key.json" in listing.stdout
     assert "key_file.json" not in listing.stdout
     assert listing.returncode != 0  # no /run/ts: TorchServe's own key file never reaches this container
+    store = compose.run(
+        "docker compose exec gateway sh -c 'ls /app/model_store && touch /app/model_store/x'", check=False
+    )
+    assert ".mar" in store.stdout  # the store is readable (canary.json, GET /models) ...
+    assert store.returncode != 0  # ... and read only
     probe = (
         "import glob, json, urllib.request, urllib.error\n"
         "keys = json.load(open(glob.glob('/run/keys/*/inference_key.json')[0]))\n"

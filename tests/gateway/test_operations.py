@@ -105,7 +105,7 @@ def test_docs_render_and_document_every_endpoint(client: TestClient) -> None:
         assert answer.status_code == 200, asset
         assert len(answer.content) > 1_000
     assert client.get("/redoc").status_code == 404
-    paths = {"/generate", "/generate/batch", "/predict", "/predict/batch", "/health", "/ready", "/metrics"}
+    paths = {"/generate", "/generate/batch", "/predict", "/predict/batch", "/health", "/ready", "/metrics", "/models"}
     assert set(spec["paths"]) == paths
     schemas = spec["components"]["schemas"]
     assert schemas["GenerateRequest"]["examples"] == [{"passage": "I are a boy"}]
@@ -113,7 +113,7 @@ def test_docs_render_and_document_every_endpoint(client: TestClient) -> None:
     assert schemas["PredictBatchRequest"]["properties"]["texts"]["maxItems"] == 4
     assert schemas["GenerateRequest"]["additionalProperties"] is False
     params = spec["paths"]["/predict"]["post"]["parameters"]
-    assert [p["name"] for p in params] == ["X-Model-Version"]
+    assert [p["name"] for p in params] == ["X-Model-Version", "X-Client-Key"]
     assert {"404", "413", "422", "502", "503", "504"} <= set(spec["paths"]["/generate"]["post"]["responses"])
     version = params[0]["schema"]
     assert (version["type"], "anyOf" in version, params[0]["required"]) == ("string", False, False)  # never null

@@ -24,8 +24,9 @@ def assert_error_body(response: httpx.Response) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def gateway_url(torchserve: TorchServe) -> Iterator[str]:
-    """The real gateway (uvicorn, uvloop + httptools) in front of the shared TorchServe with the tiny models."""
-    with running_gateway(settings_for(torchserve)) as base_url:
+    """The real gateway (uvicorn, uvloop + httptools) in front of the shared TorchServe with the tiny models, reading
+    its store (GET /models, the canary split: none here)."""
+    with running_gateway(settings_for(torchserve, model_store=torchserve.model_store)) as base_url:
         yield base_url
 
 

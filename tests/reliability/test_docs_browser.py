@@ -16,7 +16,7 @@ from tests.gateway.server import running_gateway
 pytestmark = pytest.mark.integration
 
 BROWSER = next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
-OPERATIONS = {"/generate", "/generate/batch", "/predict", "/predict/batch", "/health", "/ready", "/metrics"}
+OPERATIONS = {"/generate", "/generate/batch", "/predict", "/predict/batch", "/health", "/ready", "/metrics", "/models"}
 
 
 @pytest.mark.skipif(BROWSER is None, reason="no Chromium installed (apt-get install -y chromium, or make test)")

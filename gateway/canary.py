@@ -1,0 +1,58 @@
+"""Which version serves an inference request: the client's pinned version, else the canary's share of the split
+(``canary.json``, :mod:`gateway.store_files`), else TorchServe's default.
+
+Without a client key the split is a deterministic interleave per model: of every N unpinned requests a gateway
+process sends exactly ``floor(N * percent / 100)`` (within one) to the canary, spread evenly, so the share is exact
+at any load and a test needs no seed. With the ``X-Client-Key`` header the choice is sticky instead: a hash of the
+model and the key picks a slot in 0-9999 and the slot decides, so one client stays on one version for as long as the
+percentage does not change (and moves only towards the canary when it grows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.store_files import BASIS_POINTS, SplitWatcher
+
+CLIENT_KEY_HEADER = "X-Client-Key"
+CLIENT_KEY_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+Role = Literal["default", "canary", "pinned"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    version: str | None  # the version to ask TorchServe for; None: TorchServe's default
+    role: Role
+
+
+DEFAULT = Choice(version=None, role="default")
+
+
+def slot_of(model: str, client_key: str) -> int:
+    """A stable slot in ``[0, 10000)`` for one client of one model."""
+    digest = hashlib.sha256(f"{model}\0{client_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BASIS_POINTS
+
+
+class VersionChooser:
+    def __init__(self, watcher: SplitWatcher) -> None:
+        self.watcher = watcher
+        self._seen: Counter[str] = Counter()  # unpinned, unkeyed requests per model while it has a canary
+
+    def choose(self, model: str, *, pinned: str | None, client_key: str | None) -> Choice:
+        if pinned is not None:
+            return Choice(version=pinned, role="pinned")
+        canary = self.watcher.current().get(model)
+        if canary is None:
+            return DEFAULT
+        share = canary.basis_points
+        if client_key is not None:
+            hit = slot_of(model, client_key) < share
+        else:
+            n = self._seen[model]
+            self._seen[model] = n + 1
+            hit = (n + 1) * share // BASIS_POINTS > n * share // BASIS_POINTS
+        return Choice(version=canary.version, role="canary") if hit else DEFAULT

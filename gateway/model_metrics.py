@@ -1,0 +1,140 @@
+"""Per-model, per-version Prometheus metrics: what each version served and what it answered.
+
+``gateway_model_requests_total{model,version,role}``, ``gateway_model_errors_total{model,version,role,type}``,
+``gateway_model_request_duration_seconds{model,version}`` (histogram), ``gateway_model_predictions_total{model,
+version,label}`` (one per text answered) and ``gateway_model_confidence{model,version}`` (histogram of the top
+probability of each text). ``role`` is ``default``, ``canary`` or ``pinned`` (how the gateway chose the version).
+
+Cardinality is bounded by construction: ``model`` is a configured name, ``version`` is the ``X-Model-Version``
+TorchServe answered (a failed pinned request, whose version is the client's, is labelled ``unknown``), ``label`` is
+a label name of the model's own ``id2label``, ``type`` is one of the gateway's closed set of error types. On top,
+at most :data:`MAX_VERSIONS` model-version pairs and :data:`MAX_LABELS` labels per pair are kept; the rest are
+counted under ``other``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+MAX_VERSIONS = 64
+MAX_LABELS = 32
+OTHER = "other"
+UNKNOWN = "unknown"
+ROLES = ("default", "canary", "pinned")
+
+
+@dataclass
+class Histogram:
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def lines(self, name: str, labels: str) -> list[str]:
+        out, cumulative = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            out.append(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}')
+        out.append(f"{name}_sum{{{labels}}} {self.total:.6f}")
+        out.append(f"{name}_count{{{labels}}} {cumulative}")
+        return out
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(**labels: str) -> str:
+    return ",".join(f'{key}="{_quote(value)}"' for key, value in labels.items())
+
+
+class ModelMetrics:
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, str, str]] = Counter()
+        self.errors: Counter[tuple[str, str, str, str]] = Counter()
+        self.latency: dict[tuple[str, str], Histogram] = {}
+        self.predictions: Counter[tuple[str, str, str]] = Counter()
+        self.confidence: dict[tuple[str, str], Histogram] = {}
+        self._labels: dict[tuple[str, str], set[str]] = {}
+
+    def _version(self, model: str, version: str) -> str:
+        """``version``, or ``other`` once :data:`MAX_VERSIONS` pairs are known."""
+        if (model, version) in self.latency or len(self.latency) < MAX_VERSIONS:
+            return version
+        return OTHER
+
+    def _timed(self, model: str, version: str, seconds: float) -> None:
+        self.latency.setdefault((model, version), Histogram(LATENCY_BUCKETS)).observe(seconds)
+
+    def answered(self, model: str, version: str, role: str, seconds: float, items: Iterable[Any]) -> None:
+        """One request answered 200 by ``version``; ``items`` are the handler's ``{label, probabilities}`` objects."""
+        version = self._version(model, version)
+        self.requests[(model, version, role)] += 1
+        self._timed(model, version, seconds)
+        known = self._labels.setdefault((model, version), set())
+        confidence = self.confidence.setdefault((model, version), Histogram(CONFIDENCE_BUCKETS))
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            label = str(item.get("label", OTHER))
+            if label not in known and len(known) >= MAX_LABELS:
+                label = OTHER
+            known.add(label)
+            self.predictions[(model, version, label)] += 1
+            probabilities = item.get("probabilities")
+            if isinstance(probabilities, dict) and probabilities:
+                confidence.observe(float(max(probabilities.values())))
+
+    def failed(self, model: str, version: str | None, role: str, seconds: float, kind: str) -> None:
+        """One request that ended in a gateway error of type ``kind``; ``version`` when the gateway chose it."""
+        version = self._version(model, version or UNKNOWN)
+        self.requests[(model, version, role)] += 1
+        self.errors[(model, version, role, kind)] += 1
+        self._timed(model, version, seconds)
+
+    def render(self) -> list[str]:
+        lines = [
+            "# HELP gateway_model_requests_total Inference requests per model, serving version and role.",
+            "# TYPE gateway_model_requests_total counter",
+        ]
+        for (model, version, role), n in sorted(self.requests.items()):
+            lines.append(f"gateway_model_requests_total{{{_labels(model=model, version=version, role=role)}}} {n}")
+        lines += [
+            "# HELP gateway_model_errors_total Inference requests answered with an error, by error type.",
+            "# TYPE gateway_model_errors_total counter",
+        ]
+        for (model, version, role, kind), n in sorted(self.errors.items()):
+            labels = _labels(model=model, version=version, role=role, type=kind)
+            lines.append(f"gateway_model_errors_total{{{labels}}} {n}")
+        lines += [
+            "# HELP gateway_model_request_duration_seconds Inference request time in the gateway, per version.",
+            "# TYPE gateway_model_request_duration_seconds histogram",
+        ]
+        for (model, version), hist in sorted(self.latency.items()):
+            lines += hist.lines("gateway_model_request_duration_seconds", _labels(model=model, version=version))
+        lines += [
+            "# HELP gateway_model_predictions_total Texts answered, by the label the model chose.",
+            "# TYPE gateway_model_predictions_total counter",
+        ]
+        for (model, version, label), n in sorted(self.predictions.items()):
+            lines.append(f"gateway_model_predictions_total{{{_labels(model=model, version=version, label=label)}}} {n}")
+        lines += [
+            "# HELP gateway_model_confidence Top probability of each text answered, per version.",
+            "# TYPE gateway_model_confidence histogram",
+        ]
+        for (model, version), hist in sorted(self.confidence.items()):
+            lines += hist.lines("gateway_model_confidence", _labels(model=model, version=version))
+        return lines

@@ -15,7 +15,7 @@ from gateway.app import create_app
 from gateway.http_server import uvicorn_options
 from gateway.settings import Settings
 from stack.management import register_store
-from stack.torchserve import Ports, TorchServe
+from stack.torchserve import CONFIG, Ports, TorchServe
 from tests.conftest import launch_torchserve, management_client
 
 
@@ -72,13 +72,15 @@ def running_gateway(settings: Settings, *, start_timeout: float = 20.0) -> Itera
 
 
 @contextmanager
-def private_torchserve(store: Path, run_dir: Path, *, ports: Ports | None = None) -> Iterator[TorchServe]:
+def private_torchserve(
+    store: Path, run_dir: Path, *, ports: Ports | None = None, config: Path = CONFIG
+) -> Iterator[TorchServe]:
     """A TorchServe of its own (register the store, wait until every worker is READY), stopped on exit.
 
     Started again in the same ``run_dir`` with the same ``ports`` it is the same server (same key file); those ports
     are checked free first (``launch_torchserve``). Without ``ports`` it takes free ones, retrying on a lost race.
     """
-    ts = launch_torchserve(store, run_dir, ports=ports)
+    ts = launch_torchserve(store, run_dir, ports=ports, config=config)
     try:
         management = management_client(ts)
         management.wait_ready(register_store(management, store))

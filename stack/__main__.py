@@ -41,23 +41,43 @@ def ports_arg(value: str) -> Ports:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["serve", "start", "stop", "status", "torchserve", "models"])
-    parser.add_argument("--model-store", type=Path, default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")))
+    parser.add_argument(
+        "command",
+        choices=["serve", "start", "stop", "status", "torchserve", "models"],
+        help="what to do (the list above)",
+    )
+    parser.add_argument(
+        "--model-store",
+        type=Path,
+        default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")),
+        help="the .mar archives and defaults.json (env MODEL_STORE)",
+    )
     parser.add_argument(
         "--run-dir",
         type=run_dir_of,
         default=os.environ.get("RUN_DIR", str(REPO / "run")),
         help=f"pid files, key file and logs (env RUN_DIR); {IP_PLACEHOLDER} is replaced by this host's address",
     )
-    parser.add_argument("--host", default=os.environ.get("TS_HOST", "127.0.0.1"), help="TorchServe bind address")
+    parser.add_argument(
+        "--host", default=os.environ.get("TS_HOST", "127.0.0.1"), help="TorchServe bind address (env TS_HOST)"
+    )
     parser.add_argument(
         "--ts-ports",
         type=ports_arg,
         default=ports_arg(os.environ.get("TS_PORTS", "8080,8081,8082,7070,7071")),
         help="TorchServe's inference,management,metrics,grpc-inference,grpc-management ports (env TS_PORTS)",
     )
-    parser.add_argument("--gateway-host", default=os.environ.get("GATEWAY_HOST", "127.0.0.1"))
-    parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("GATEWAY_PORT", "8000")))
+    parser.add_argument(
+        "--gateway-host",
+        default=os.environ.get("GATEWAY_HOST", "127.0.0.1"),
+        help="gateway bind address (env GATEWAY_HOST)",
+    )
+    parser.add_argument(
+        "--gateway-port",
+        type=int,
+        default=int(os.environ.get("GATEWAY_PORT", "8000")),
+        help="gateway port (env GATEWAY_PORT)",
+    )
     parser.add_argument(
         "--inference-key-file",
         type=run_dir_of,
@@ -174,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "status":
             return status(ts, gateway)
+        if args.command in ("serve", "start"):
+            gateway.check_environment()  # before anything starts
         ensure_models(args.model_store, train=not args.no_train and args.command != "torchserve")
         if args.command == "models":
             print(

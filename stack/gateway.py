@@ -11,6 +11,12 @@ from pathlib import Path
 from stack.torchserve import REPO, StackError, TorchServe, pid_from, stop_started, wait_http
 
 
+def same_setting(name: str, a: str, b: str) -> bool:
+    if name.endswith("_URL"):
+        return a.rstrip("/") == b.rstrip("/")
+    return (REPO / a).resolve() == (REPO / b).resolve()  # the gateway takes a relative key file from the repository
+
+
 @dataclass
 class Gateway:
     torchserve: TorchServe
@@ -26,12 +32,33 @@ class Gateway:
     def pid_file(self) -> Path:
         return self.torchserve.run_dir / "gateway.pid"
 
+    def upstream(self) -> dict[str, str]:
+        """The gateway settings that point it at this TorchServe (the launcher sets them)."""
+        return {
+            "GATEWAY_INFERENCE_URL": self.torchserve.inference_url,
+            "GATEWAY_MANAGEMENT_URL": self.torchserve.management_url,
+            "GATEWAY_KEY_FILE": str(self.torchserve.key_file),
+        }
+
+    def check_environment(self) -> None:
+        """Refuse a user's ``GATEWAY_INFERENCE_URL``/``GATEWAY_MANAGEMENT_URL``/``GATEWAY_KEY_FILE`` that differs from
+        the TorchServe this launcher starts (it would be silently replaced otherwise); the same value is fine."""
+        for name, ours in self.upstream().items():
+            theirs = os.environ.get(name)
+            if theirs is None or same_setting(name, theirs, ours):
+                continue
+            how = "TS_HOST / TS_PORTS (or --host / --ts-ports)" if name.endswith("_URL") else "RUN_DIR (or --run-dir)"
+            raise StackError(
+                f"{name}={theirs} is set, but the launcher starts TorchServe with {name}={ours}: unset {name} (the "
+                f"launcher points the gateway at its TorchServe; move that with {how}), or run the gateway alone "
+                "with `python -m gateway` to use your own TorchServe"
+            )
+
     def env(self) -> dict[str, str]:
+        self.check_environment()
         env = dict(os.environ)
         env.update(
-            GATEWAY_INFERENCE_URL=self.torchserve.inference_url,
-            GATEWAY_MANAGEMENT_URL=self.torchserve.management_url,
-            GATEWAY_KEY_FILE=str(self.torchserve.key_file),
+            self.upstream(),
             GATEWAY_MODEL_STORE=str(self.torchserve.model_store),  # read only: canary split and GET /models
             PYTHONUNBUFFERED="1",
         )

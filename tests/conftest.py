@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
 from stack.management import Management, register_store
-from stack.torchserve import Ports, TorchServe
+from stack.torchserve import CONFIG, Ports, StackError, TorchServe
 from tests.tiny_models import COLA_LABELS, SENTIMENT_LABELS, make_tiny_classifier
 from training.package import package
 from training.tasks import default_data_dir
@@ -21,6 +22,26 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+# What the code under test reads from the environment (docs/configuration.md): a developer's own values (say a
+# GATEWAY_READ_TIMEOUT_S exported for `make serve`) must not change what the suite tests. Tests set what they need.
+INHERITED_PREFIXES = ("GATEWAY_", "TS_")
+INHERITED_NAMES = ("INFERENCE_KEY_FILE", "KEY_FILE", "MANAGEMENT_URL")
+START_ATTEMPTS = 3  # a free port can be taken by another process between the check and TorchServe's bind
+
+
+def inherited_settings() -> list[str]:
+    return [name for name in os.environ if name.startswith(INHERITED_PREFIXES) or name in INHERITED_NAMES]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_environment() -> Iterator[None]:
+    """Remove inherited ``GATEWAY_*``/``TS_*`` (and the launcher's and publish CLI's) variables for the session."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in inherited_settings():
+            patch.delenv(name)
+        yield
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -28,8 +49,53 @@ def free_port() -> int:
 
 
 def free_ports() -> Ports:
-    """Free loopback ports for every listener of one TorchServe (HTTP APIs and gRPC)."""
-    return Ports(*(free_port() for _ in range(5)))
+    """Free loopback ports for every listener of one TorchServe (HTTP APIs and gRPC), all different."""
+    ports: set[int] = set()
+    while len(ports) < 5:
+        ports.add(free_port())
+    return Ports(*sorted(ports))
+
+
+def ports_are_free(ports: Ports) -> bool:
+    """Whether every port can be bound right now (a restart on the same ports checks this first)."""
+    for port in ports.__dict__.values():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TorchServe's Netty binds
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def lost_a_port(ts: TorchServe) -> bool:
+    """TorchServe failed to start because one of its ports was taken meanwhile (its log says so)."""
+    log = ts.log_dir / "torchserve.out"
+    with suppress(OSError):
+        text = log.read_text(errors="replace")
+        return "Address already in use" in text or "BindException" in text
+    return False
+
+
+def launch_torchserve(store: Path, run_dir: Path, *, ports: Ports | None = None, config: Path = CONFIG) -> TorchServe:
+    """Start TorchServe and wait until its management API answers. With ``ports=None`` it takes free ports and, when
+    one was taken between the check and the bind, starts again on new ones (up to ``START_ATTEMPTS``). With given
+    ``ports`` (a restart the gateway must find again) they are checked free first, and a taken one fails clearly."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        chosen = ports or free_ports()
+        if ports is not None and not ports_are_free(ports):
+            raise RuntimeError(f"cannot restart TorchServe on {ports}: a port was taken since the first start")
+        ts = TorchServe(model_store=store, run_dir=run_dir, ports=chosen, config=config)
+        ts.start()
+        try:
+            ts.wait_up()
+            return ts
+        except StackError:
+            ts.stop()
+            if ports is not None or attempt == START_ATTEMPTS or not lost_a_port(ts):
+                raise
+            (ts.log_dir / "torchserve.out").rename(ts.log_dir / f"torchserve.out.attempt{attempt}")
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
@@ -59,10 +125,8 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, 
 
 def start_torchserve(store: Path, run_dir: Path) -> TorchServe:
     """Start TorchServe on free loopback ports, register the store, wait until every worker is READY."""
-    ts = TorchServe(model_store=store, run_dir=run_dir, ports=free_ports())
-    ts.start()
+    ts = launch_torchserve(store, run_dir)
     try:
-        ts.wait_up()
         management = management_client(ts)
         defaults = register_store(management, store)
         management.wait_ready(defaults)

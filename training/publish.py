@@ -376,15 +376,24 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--management-url", default=os.environ.get("MANAGEMENT_URL", "http://127.0.0.1:8081"))
+    parser.add_argument(
+        "--management-url",
+        default=os.environ.get("MANAGEMENT_URL", "http://127.0.0.1:8081"),
+        help="TorchServe's management API (env MANAGEMENT_URL)",
+    )
     parser.add_argument(
         "--key-file",
         type=Path,
         default=default_key_file(),
-        help="TorchServe's key_file.json (the management key is read from it); default: $KEY_FILE, else "
-        "$RUN_DIR/torchserve/key_file.json with {ip} replaced by this host's address (run/ by default)",
+        help="TorchServe's key_file.json (the management key is read from it); default: env KEY_FILE, else "
+        "env RUN_DIR's torchserve/key_file.json, {ip} replaced by this host's address (RUN_DIR default: run)",
     )
-    parser.add_argument("--model-store", type=Path, default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")))
+    parser.add_argument(
+        "--model-store",
+        type=Path,
+        default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")),
+        help="the .mar archives and defaults.json (env MODEL_STORE)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for workers / draining")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="models, versions, default, canary split and worker status")
@@ -394,22 +403,26 @@ def build_parser() -> argparse.ArgumentParser:
     for command, text in (("set-default", "make a registered version the default"), ("unregister", "remove a "
                           "version that is not the default")):  # fmt: skip
         p = sub.add_parser(command, help=text)
-        p.add_argument("name")
-        p.add_argument("version")
+        p.add_argument("name", help="the model's name, e.g. cola")
+        p.add_argument("version", help="a registered version, e.g. 2.0")
         if command == "unregister":
             p.add_argument("--drain-s", type=float, default=1.0, help="seconds without pending requests first")
             p.add_argument("--delete-archive", action="store_true", help="also delete the .mar from the store")
-    sub.add_parser("rollback", help="go back to the previous default").add_argument("name")
+    sub.add_parser("rollback", help="go back to the previous default").add_argument("name", help="the model's name")
     scale = sub.add_parser("scale", help="set the number of workers of a version")
-    scale.add_argument("name")
-    scale.add_argument("version")
-    scale.add_argument("--workers", type=int, required=True)
+    scale.add_argument("name", help="the model's name")
+    scale.add_argument("version", help="a registered version")
+    scale.add_argument("--workers", type=int, required=True, help="the number of workers")
     canary = sub.add_parser("canary", help="send a share of the unpinned requests to a registered version")
-    canary.add_argument("name")
-    canary.add_argument("version")
+    canary.add_argument("name", help="the model's name")
+    canary.add_argument("version", help="a registered version, not the default")
     canary.add_argument("--percent", type=float, required=True, help="0-100 (to 0.01) of the unpinned requests")
-    sub.add_parser("promote", help="make the canary the default and end the split").add_argument("name")
-    sub.add_parser("abort", help="end the split: every unpinned request to the default").add_argument("name")
+    sub.add_parser("promote", help="make the canary the default and end the split").add_argument(
+        "name", help="the model's name"
+    )
+    sub.add_parser("abort", help="end the split: every unpinned request to the default").add_argument(
+        "name", help="the model's name"
+    )
     return parser
 
 

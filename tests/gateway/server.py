@@ -15,8 +15,8 @@ from gateway.app import create_app
 from gateway.http_server import uvicorn_options
 from gateway.settings import Settings
 from stack.management import register_store
-from stack.torchserve import Ports, TorchServe
-from tests.conftest import free_port, free_ports, management_client
+from stack.torchserve import CONFIG, Ports, TorchServe
+from tests.conftest import launch_torchserve, management_client
 
 
 def settings_for(ts: TorchServe, **overrides: object) -> Settings:
@@ -34,17 +34,23 @@ def settings_for(ts: TorchServe, **overrides: object) -> Settings:
 def running_gateway(settings: Settings, *, start_timeout: float = 20.0) -> Iterator[str]:
     """Serve the app (uvloop, the bounded httptools protocol: as in production); yield its base URL once /health
     answers; always stop."""
-    port = free_port()
     options = uvicorn_options(settings)  # the production server: bounded httptools protocol, uvloop
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, lifespan="on", log_level="warning", **options
-    )
+        create_app(settings), host="127.0.0.1", port=0, lifespan="on", log_level="warning", **options
+    )  # port 0: the kernel picks a free port as uvicorn binds it (no race with another process)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
+    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
     thread.start()
-    base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the gateway thread exited during start-up")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gateway not listening after {start_timeout:.0f}s")
+            time.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        base_url = f"http://127.0.0.1:{port}"
         while True:
             if not thread.is_alive():
                 raise RuntimeError("the gateway thread exited during start-up")
@@ -66,16 +72,16 @@ def running_gateway(settings: Settings, *, start_timeout: float = 20.0) -> Itera
 
 
 @contextmanager
-def private_torchserve(store: Path, run_dir: Path, *, ports: Ports | None = None) -> Iterator[TorchServe]:
+def private_torchserve(
+    store: Path, run_dir: Path, *, ports: Ports | None = None, config: Path = CONFIG
+) -> Iterator[TorchServe]:
     """A TorchServe of its own (register the store, wait until every worker is READY), stopped on exit.
 
-    Started again in the same ``run_dir`` with the same ``ports`` it is the same server (same key file).
+    Started again in the same ``run_dir`` with the same ``ports`` it is the same server (same key file); those ports
+    are checked free first (``launch_torchserve``). Without ``ports`` it takes free ones, retrying on a lost race.
     """
-    ports = ports or free_ports()
-    ts = TorchServe(model_store=store, run_dir=run_dir, ports=ports)
-    ts.start()
+    ts = launch_torchserve(store, run_dir, ports=ports, config=config)
     try:
-        ts.wait_up()
         management = management_client(ts)
         management.wait_ready(register_store(management, store))
         yield ts

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.settings import Settings
+from gateway.errors import GatewayError
+from gateway.settings import REPO, Settings
 from tests.gateway.conftest import FakeTorchServe
 
 SECRET = "s3cr3t-user-text"
@@ -241,3 +243,59 @@ def test_unknown_route_and_wrong_method(client: TestClient) -> None:
 
 def _json() -> dict[str, str]:
     return {"Content-Type": "application/json"}
+
+
+def test_a_bug_in_the_gateway_is_500_internal_error(
+    client: TestClient, upstream: FakeTorchServe, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last row of the table: an exception no boundary knows (here raised where the upstream call runs) is
+    answered 500 ``internal_error`` with a fixed message and logged with its traceback."""
+
+    def bug(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError(f"a bug holding {SECRET}")
+
+    upstream.fail = bug
+    response = client.post("/generate", json={"passage": SECRET})
+    assert (response.status_code, response.json()) == (500, {"error": "internal error", "type": "internal_error"})
+    assert SECRET not in response.text
+    logged = [r for r in caplog.records if r.getMessage().startswith("unhandled error on POST /generate")]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+
+
+def error_table() -> str:
+    return (REPO / "docs" / "gateway.md").read_text().split("## Errors", 1)[1].split("\n## ", 1)[0]
+
+
+def documented_errors() -> set[tuple[int, str]]:
+    """(status, type) of every row of docs/gateway.md's error table ("404 / 405" rows name two of each)."""
+    rows = set()
+    for line in error_table().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[1][:1].isdigit():
+            continue
+        statuses = [int(s) for s in re.findall(r"\b\d{3}\b", cells[1])]
+        kinds = re.findall(r"`([a-z_]+)`", cells[2])
+        rows |= set(zip(statuses, kinds, strict=True))
+    return rows
+
+
+def raised_errors() -> set[tuple[int, str]]:
+    """(status, type) the code can answer: the closed set of classes, the HTTP server's own refusals (read from its
+    source: they are literals there) and the framework's other HTTP errors."""
+    classes, todo = set(), [GatewayError]
+    while todo:
+        cls = todo.pop()
+        classes.add((cls.status, cls.type))
+        todo.extend(cls.__subclasses__())
+    source = (REPO / "gateway" / "http_server.py").read_text()
+    protocol = {(int(s), k) for s, k in re.findall(r"\((\d{3}), f?\"[^\"]*\", \"([a-z_]+)\"\)", source)}
+    return classes | protocol
+
+
+def test_the_error_table_is_the_code_s() -> None:
+    """Every type the gateway can answer has a row, and every row's status and type are ones the code answers."""
+    documented, raised = documented_errors(), raised_errors()
+    assert {kind for _, kind in documented} == {kind for _, kind in raised}
+    assert documented <= raised
+    assert "| `http_error` |" in error_table()  # the framework's other statuses: no fixed status to compare

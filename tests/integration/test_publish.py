@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stack.torchserve import Ports, TorchServe
-from tests.conftest import free_port, free_ports, management_client
+from stack.torchserve import TorchServe
+from tests.conftest import free_port, management_client
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.tiny_models import COLA_LABELS, make_tiny_classifier
 from training.package import ServingConfig, package
@@ -29,7 +29,6 @@ pytestmark = pytest.mark.integration
 class Stack:
     store: Path
     run_dir: Path
-    ports: Ports
     incoming: Path  # cola-2.0.mar, built but not yet in the store
     ts: TorchServe
 
@@ -38,17 +37,50 @@ class Stack:
         return publish([*common, "--model-store", str(self.store), "--timeout", "120", *argv])
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_store: Path) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("publish")
-    store, incoming = root / "store", root / "incoming"
+BASE = ("cola-1.0.mar", "sentiment-1.0.mar")
+
+
+def base_store(root: Path, tiny_store: Path) -> Path:
+    store = root / "store"
     store.mkdir()
-    for archive in ("cola-1.0.mar", "sentiment-1.0.mar"):
+    for archive in BASE:
         shutil.copy2(tiny_store / archive, store / archive)
-    package(make_tiny_classifier(root / "cola-v2", COLA_LABELS, seed=7), name="cola", store=incoming, version="2.0")
-    ports = free_ports()
-    with private_torchserve(store, root / "run", ports=ports) as ts:
-        yield Stack(store=store, run_dir=root / "run", ports=ports, incoming=incoming, ts=ts)
+    return store
+
+
+@pytest.fixture(scope="module")
+def incoming(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("incoming")
+    package(make_tiny_classifier(root / "cola-v2", COLA_LABELS, seed=7), name="cola", store=root, version="2.0")
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_store: Path) -> Iterator[tuple[Path, TorchServe]]:
+    root = tmp_path_factory.mktemp("publish")
+    store = base_store(root, tiny_store)
+    with private_torchserve(store, root / "run") as ts:
+        yield store, ts
+
+
+@pytest.fixture
+def stack(served: tuple[Path, TorchServe], incoming: Path) -> Stack:
+    """The shared TorchServe brought back to the same state before every test, whatever ran before (any order):
+    cola 1.0 and sentiment 1.0 registered, 1.0 the default, no defaults.json, nothing else in the store."""
+    store, ts = served
+    management = management_client(ts)
+    for version in [v["modelVersion"] for v in management.versions("cola")]:
+        if version != "1.0":
+            management.set_default("cola", "1.0")
+            management.unregister("cola", version)
+    for path in store.iterdir():
+        if path.name not in BASE:
+            if path.is_dir():  # the blocker a test made, should it have been left
+                path.rmdir()
+            else:
+                path.unlink()
+    assert [v["modelVersion"] for v in management.versions("cola")] == ["1.0"]
+    return Stack(store=store, run_dir=ts.run_dir, incoming=incoming, ts=ts)
 
 
 def stage_v2(stack: Stack) -> None:
@@ -166,15 +198,19 @@ def test_switch_and_rollback_under_traffic_fail_no_request(stack: Stack) -> None
     assert json.loads((stack.store / "defaults.json").read_text()) == {"cola": {"default": "1.0", "history": []}}
 
 
-def test_restart_serves_the_same_versions_and_default(stack: Stack) -> None:
-    # cola-2.0.mar is still in the store (unregister keeps the archive): register it again, make it the default,
-    # then roll back, so the operator's default (1.0) differs from the launcher's fallback (the newest, 2.0).
-    assert stack.publish("register", "cola-2.0.mar") == 0
-    assert stack.publish("set-default", "cola", "2.0") == 0
-    assert stack.publish("rollback", "cola") == 0
-    stack.ts.stop()
+def test_restart_serves_the_same_versions_and_default(tmp_path: Path, tiny_store: Path, incoming: Path) -> None:
+    """A TorchServe of its own (stopped here); the restart takes new free ports: the store and defaults.json carry
+    the state, not the ports."""
+    store = base_store(tmp_path, tiny_store)
+    with private_torchserve(store, tmp_path / "run") as first:
+        own = Stack(store=store, run_dir=tmp_path / "run", incoming=incoming, ts=first)
+        # The operator's default (1.0, after a rollback) differs from the launcher's fallback (the newest, 2.0).
+        stage_v2(own)
+        assert own.publish("register", "cola-2.0.mar") == 0
+        assert own.publish("set-default", "cola", "2.0") == 0
+        assert own.publish("rollback", "cola") == 0
     with (
-        private_torchserve(stack.store, stack.run_dir, ports=stack.ports) as ts,
+        private_torchserve(store, tmp_path / "run") as ts,
         running_gateway(settings_for(ts)) as base_url,
         httpx.Client(base_url=base_url, timeout=30) as gateway,
     ):

@@ -1,0 +1,75 @@
+"""The benchmark harness and the soak client, end to end on the tiny models in seconds: the same code `make bench`
+and `make soak` run, with the durations cut to one or two seconds."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import soak
+from stack.torchserve import REPO, TorchServe
+from tests.gateway.server import running_gateway, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+def run_soak(url: str, ts: TorchServe, data_dir: Path, *extra: str) -> int:
+    argv = ["--url", url, "--rate", "10", "--duration", "2", "--run-dir", str(ts.run_dir), "--data-dir", str(data_dir)]
+    return soak.main([*argv, *extra])
+
+
+def test_the_soak_reports_and_writes_its_section(
+    torchserve: TorchServe,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    doc = tmp_path / "reliability.md"
+    doc.write_text(f"# Reliability\n\nkept before\n\n{soak.BEGIN}\nthe last soak\n{soak.END}\n\nkept after\n")
+    monkeypatch.setattr(soak, "DOC", doc)  # --write-doc's target, here a copy instead of docs/reliability.md
+    with running_gateway(settings_for(torchserve)) as url:
+        assert run_soak(url, torchserve, data_dir, "--write-doc") == 0
+    out = capsys.readouterr().out
+    assert "requests: 20," in out
+    assert "statuses {200: 20}; **errors: 0**" in out
+    assert re.search(r"^\| 1 \| 20 \| \d+ \| \d+ \| \d+ \| \d+ \| 0 \|$", out, re.MULTILINE)  # the minute row
+    assert re.search(r"^\| TorchServe java \d+ \| \d+ \| \d+ \|$", out, re.MULTILINE)  # RSS found from the pid file
+    written = doc.read_text()
+    assert written == f"# Reliability\n\nkept before\n\n{soak.BEGIN}\n{out.rstrip(chr(10))}\n{soak.END}\n\nkept after\n"
+
+
+def test_the_soak_exits_1_on_a_failed_request(
+    torchserve: TorchServe, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gateway that refuses texts over 20 characters (422): most sentences and reviews of the mix fail."""
+    with running_gateway(settings_for(torchserve, max_text_chars=20)) as url:
+        assert run_soak(url, torchserve, data_dir) == 1
+    out = capsys.readouterr().out
+    failed = int(re.search(r"\*\*errors: (\d+)\*\*", out).group(1))  # type: ignore[union-attr]
+    assert 0 < failed <= 20
+    assert "422:" in out
+
+
+def test_the_benchmark_harness_writes_its_report_and_plot(tiny_store: Path, tmp_path: Path) -> None:
+    """`make bench` cut to one second per cell: naive baseline, TorchServe direct and the full stack each measured."""
+    out, plot = tmp_path / "benchmarks.md", tmp_path / "benchmarks.png"
+    cmd = [sys.executable, "-m", "benchmarks.run", "--model-store", str(tiny_store), "--duration", "1",
+           "--warmup", "0", "--repeats", "1", "--concurrency", "1", "--ceiling-seconds", "0",
+           "--endpoints", "generate", "--out", str(out), "--plot", str(plot), "--smoke"]  # fmt: skip
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = out.read_text()
+    assert "SMOKE RUN" in report
+    rows = re.findall(
+        r"^\| (naive baseline|TorchServe direct|gateway \(full stack\)) \| 1 \| [\d.]+ .*\| 0 / (\d+) \|",
+        report,
+        re.MULTILINE,
+    )
+    assert sorted(name for name, _ in rows) == ["TorchServe direct", "gateway (full stack)", "naive baseline"]
+    assert all(int(requests) > 0 for _, requests in rows)
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

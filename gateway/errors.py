@@ -37,6 +37,13 @@ class InvalidInput(GatewayError):
     type = "invalid_input"
 
 
+class InvalidRequestId(GatewayError):
+    """An ``X-Request-ID`` that is not one value of the allowed characters (gateway/request_id.py)."""
+
+    status = 400
+    type = "invalid_request_id"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "payload_too_large"

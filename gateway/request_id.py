@@ -9,7 +9,6 @@ import re
 import uuid
 from contextvars import ContextVar
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -29,7 +28,9 @@ class RequestIdMiddleware:
         given = [value for name, value in scope.get("headers", []) if name == _HEADER]
         if len(given) > 1 or (given and not REQUEST_ID_PATTERN.match(given[0])):
             message = f"{REQUEST_ID_HEADER} must be one value of 1-128 characters A-Z a-z 0-9 . _ : -"
-            response = JSONResponse({"error": message, "type": "invalid_request_id"}, status_code=400)
+            from gateway.errors import InvalidRequestId, error_response  # errors imports this module's context var
+
+            response = error_response(InvalidRequestId.status, message, InvalidRequestId.type)
             await response(scope, receive, send)
             return
         request_id = given[0].decode() if given else uuid.uuid4().hex

@@ -26,6 +26,7 @@ from handlers.text_classification import (
 )
 
 log = logging.getLogger(__name__)
+REQUEST_ID = "X-Request-ID"  # set by the gateway on every request it forwards
 
 
 def _header(context: Any, idx: int, name: str) -> str | None:
@@ -91,13 +92,16 @@ class TextClassifierHandler:
             except BadRequest as exc:
                 context.set_response_status(400, "Bad Request", idx=idx)
                 responses[idx] = error_body(str(exc), "invalid_input")
+                # the gateway's X-Request-ID follows one failed request across both processes; never the text
+                log.warning("request %s answered 400: %s", _header(context, idx, REQUEST_ID) or "-", exc)
         texts = [text for p in parsed.values() for text in p.texts]
         if not texts:
             return responses
         try:
             rows = to_response(predict(self.loaded, texts, max_length=self.settings.max_length), self.loaded.labels)
         except Exception:
-            log.exception("inference failed for a batch of %d texts", len(texts))
+            ids = ",".join(_header(context, idx, REQUEST_ID) or "-" for idx in parsed)
+            log.exception("inference failed for a batch of %d texts (requests %s)", len(texts), ids)
             for idx in parsed:
                 context.set_response_status(500, "Internal Server Error", idx=idx)
                 responses[idx] = error_body("inference failed", "inference_error")

@@ -28,7 +28,20 @@ from training.publish import build_parser as publish_parser
 DOC = REPO / "docs" / "configuration.md"
 ENV_IN_HELP = re.compile(r"\benv ([A-Z][A-Z0-9_]+)")
 VARIABLES = ("MODEL_STORE", "RUN_DIR", "TS_HOST", "TS_PORTS", "GATEWAY_HOST", "GATEWAY_PORT", "INFERENCE_KEY_FILE",
-             "KEY_FILE", "MANAGEMENT_URL")  # fmt: skip
+             "KEY_FILE", "MANAGEMENT_URL", "BASE_MODEL")  # fmt: skip
+TRAINING_VARIABLES = [
+    "## Training the missing default models",
+    "",
+    "When the store lacks a default model, the launcher (`serve`, `start`, `models`) runs `python -m training.train "
+    "--task <task>` for it (flags: `python -m training.train --help`, docs/training.md).",
+    "",
+    "| variable | default | meaning |",
+    "|---|---|---|",
+    "| `BASE_MODEL` | unset | the base model every task trains on (`mpnet`, `minilm`, a hub id or a folder); unset: "
+    "each task's default (cola: `mpnet`, sentiment: `minilm`). `make serve BASE_MODEL=minilm` is the fast path |",
+    "| `BASE_MODEL_CACHE` | `~/.cache/bert-serving` | where the MPNet parts are joined and verified on first use |",
+    "",
+]
 
 HEADER = """# Configuration reference
 
@@ -126,6 +139,7 @@ def render() -> str:
                 + stack_main.__doc__.split("\n\n")[1].strip()
                 + "\n```",
             ),
+            *TRAINING_VARIABLES,
             *parser_section(
                 "The gateway process: `python -m gateway`",
                 gateway_parser(),

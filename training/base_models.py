@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
+from training.tasks import sha256
+
 WEIGHTS = "model.safetensors"
 # Files a sequence classifier needs from a sentence-transformers folder (pooling and desktop.ini are left out).
 MODEL_FILES = (
@@ -97,20 +99,12 @@ BASE_MODELS: dict[str, BaseModel] = {
 DEFAULT_CACHE = Path.home() / ".cache" / "bert-serving"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_weights(folder: Path, expected: str, *, name: str) -> None:
     """Refuse (one line) unless ``folder/model.safetensors`` has sha256 ``expected``."""
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise BaseModelError(f"base model {name!r}: {weights} is missing")
-    actual = sha256_of(weights)
+    actual = sha256(weights)
     if actual != expected:
         raise BaseModelError(
             f"base model {name!r}: {weights} has sha256 {actual[:16]}..., expected {expected[:16]}...: "

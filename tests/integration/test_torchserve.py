@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -168,3 +170,22 @@ def test_stack_start_and_stop_leave_nothing_behind(tiny_store: Path, tmp_path: P
     assert stop.returncode == 0, stop.stderr
     assert stack_processes(run_dir) == []
     assert not (run_dir / "torchserve.pid").exists()
+
+
+def test_a_failed_request_is_logged_with_its_request_id_never_its_text(torchserve: TorchServe) -> None:
+    """The gateway sends X-Request-ID; the handler logs it (with the reason, never the text) where a request fails, so
+    one failed request can be followed from the gateway's log into TorchServe's."""
+    request_id = f"trace-{uuid.uuid4().hex}"
+    headers = {"Authorization": f"Bearer {torchserve.keys()['inference']}", "X-Request-ID": request_id}
+    body = {"text": "SECRETWORD " * 2000}  # over the handler's max_chars: answered 400
+    response = httpx.post(f"{torchserve.inference_url}/predictions/cola", json=body, headers=headers, timeout=30)
+    assert response.status_code == 400
+    log_file = torchserve.log_dir / "model_log.log"
+    deadline = time.monotonic() + 20
+    while request_id not in (text := log_file.read_text() if log_file.exists() else ""):
+        assert time.monotonic() < deadline, f"{request_id} never reached {log_file}"
+        time.sleep(0.2)
+    line = next(line for line in text.splitlines() if request_id in line)
+    assert "400" in line
+    assert "characters" in line
+    assert "SECRETWORD" not in text

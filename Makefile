@@ -103,7 +103,8 @@ test-slow: venv java  ## the long tier kept out of `make test` (bigger fuzz run,
 ENGINE_UP ?= ../shared/docker/engine-up.sh
 test-compose: venv  ## the compose tier: build, up, the README's curls, publish, scale, kill a replica, down (real engine)
 	@if [ -x $(ENGINE_UP) ]; then $(ENGINE_UP) && $(PY) -m pip download --quiet --no-deps -d .wheels -r requirements/torch.txt; fi
-	$(PY) -m pytest -m compose tests/compose -s --timeout=2400
+	@# one scenario in the README's order (publish, then scale, then kill a replica): not shuffled by pytest-randomly
+	$(PY) -m pytest -m compose tests/compose -s --timeout=2400 -p no:randomly
 
 clean:  ## remove the venv, run state and logs (keeps model_store/)
 	rm -rf $(VENV) run logs .pytest_cache .mypy_cache .ruff_cache

@@ -61,7 +61,7 @@ COPY pyproject.toml config.properties /app/
 COPY stack/ /app/stack/
 COPY handlers/ /app/handlers/
 COPY training/ /app/training/
-COPY gateway/__init__.py gateway/store_files.py /app/gateway/
+COPY gateway/__init__.py gateway/store_files.py gateway/keys.py /app/gateway/
 COPY docker/ready.py /app/docker/ready.py
 
 FROM ml AS train

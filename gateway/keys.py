@@ -31,7 +31,8 @@ class Key:
         return self.expires is not None and (now or datetime.now(UTC)) >= self.expires
 
 
-def _parse_time(raw: object) -> datetime | None:
+def parse_expiry(raw: object) -> datetime | None:
+    """A key file's ``expiration time`` (Java's ISO instant, maybe in nanoseconds) as an aware datetime, or None."""
     if not isinstance(raw, str):
         return None
     try:
@@ -55,7 +56,7 @@ class KeyFile:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             entry = data[kind]
-            key = Key(value=str(entry["key"]), expires=_parse_time(entry.get("expiration time")))
+            key = Key(value=str(entry["key"]), expires=parse_expiry(entry.get("expiration time")))
         except FileNotFoundError:
             raise KeyFileError(f"TorchServe key file {self.path} does not exist (is TorchServe running?)") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

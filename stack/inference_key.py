@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -20,20 +19,12 @@ from typing import Any
 
 import httpx
 
+from gateway.keys import parse_expiry
 from stack.management import ManagementError, read_key
-
-_FRACTION = re.compile(r"(\.\d{6})\d+")  # Java prints nanoseconds; datetime takes microseconds
 
 
 def expires_at(entry: dict[str, Any]) -> datetime | None:
-    raw = entry.get("expiration time")
-    if not isinstance(raw, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(_FRACTION.sub(r"\1", raw))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parse_expiry(entry.get("expiration time"))
 
 
 def write_atomically(path: Path, data: dict[str, Any]) -> None:

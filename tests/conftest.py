@@ -68,12 +68,26 @@ def ports_are_free(ports: Ports) -> bool:
     return True
 
 
+PORT_TAKEN = ("address already in use", "bindexception")  # TorchServe's Netty and Python's asyncio, lowercased
+
+
+def says_a_port_was_taken(text: str) -> bool:
+    return any(sign in text.lower() for sign in PORT_TAKEN)
+
+
+def logs_say_a_port_was_taken(folder: Path) -> bool:
+    """Some log under ``folder`` says a bind failed because the port was taken (by another process, meanwhile)."""
+    for log in folder.rglob("*"):
+        with suppress(OSError):
+            if log.is_file() and says_a_port_was_taken(log.read_text(errors="replace")):
+                return True
+    return False
+
+
 def lost_a_port(ts: TorchServe) -> bool:
     """TorchServe failed to start because one of its ports was taken meanwhile (its log says so)."""
-    log = ts.log_dir / "torchserve.out"
     with suppress(OSError):
-        text = log.read_text(errors="replace")
-        return "Address already in use" in text or "BindException" in text
+        return says_a_port_was_taken((ts.log_dir / "torchserve.out").read_text(errors="replace"))
     return False
 
 

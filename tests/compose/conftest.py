@@ -1,7 +1,8 @@
 """The compose tier (`make test-compose`): the real images, built and run by a real Docker engine.
 
 One compose project per session (``COMPOSE_PROJECT_NAME=bert-serving-tier``), serving tiny random models from a
-model store in a temporary folder (``MODEL_STORE_DIR``), published on a free loopback port (``GATEWAY_PORT``);
+model store in a temporary folder (``MODEL_STORE_DIR``), published on a loopback port the engine picks
+(``GATEWAY_PORT=0``, read back with ``docker compose port``: no port is chosen here and bound later by someone else);
 ``down -v`` removes every container and volume at the end, even when a test failed. The commands the tests run are
 the README's and docs/deployment.md's own (``COMMANDS``; test_compose.py checks they appear there verbatim).
 """
@@ -19,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
 from training.package import package
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -35,15 +35,26 @@ WHEELS = ".wheels"
 class Compose:
     env: dict[str, str]
     store: Path
-    port: int
     spare: Path | None = None  # cola-2.0.mar, the version the tier publishes (instead of training one)
+    published: int | None = None  # the gateway's host port, once the engine has chosen it
+
+    @property
+    def port(self) -> int:
+        """The host port the engine published the gateway on (asked once it runs; it stays while the container does)."""
+        if self.published is None:
+            address = self.run("docker compose port gateway 8000").stdout.strip()  # "127.0.0.1:49153"
+            self.published = int(address.rpartition(":")[2])
+        return self.published
 
     def run(self, command: str, *, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """One shell command line (a README line, with the published port of this run) in the repository root."""
-        command = command.replace("127.0.0.1:8000", f"127.0.0.1:{self.port}")
+        if "127.0.0.1:8000" in command:
+            command = command.replace("127.0.0.1:8000", f"127.0.0.1:{self.port}")
         done = subprocess.run(
             ["bash", "-c", command], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
         )
+        if "docker compose up" in command:
+            self.published = None  # a recreated gateway container may be published on another port
         if check and done.returncode != 0:
             raise AssertionError(f"`{command}` exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         return done
@@ -91,13 +102,13 @@ def compose(engine: None, tmp_path_factory: pytest.TempPathFactory, tiny_models:
     for name, model_dir in tiny_models.items():
         package(model_dir, name=name, store=store, version="1.0")
     spare = package(tiny_models["cola"], name="cola", store=tmp_path_factory.mktemp("next"), version="2.0")
-    env = dict(os.environ, COMPOSE_PROJECT_NAME=PROJECT, MODEL_STORE_DIR=str(store), GATEWAY_PORT=str(free_port()))
+    env = dict(os.environ, COMPOSE_PROJECT_NAME=PROJECT, MODEL_STORE_DIR=str(store), GATEWAY_PORT="0")
     local_image = subprocess.run(["docker", "image", "inspect", LOCAL_PYTHON_IMAGE], capture_output=True)
     if local_image.returncode == 0 and "PYTHON_IMAGE" not in os.environ:
         env["PYTHON_IMAGE"] = LOCAL_PYTHON_IMAGE
     if (REPO / WHEELS).is_dir() and "TORCH_WHEELS" not in os.environ:
         env["TORCH_WHEELS"] = WHEELS
-    stack = Compose(env=env, store=store, port=int(env["GATEWAY_PORT"]), spare=spare)
+    stack = Compose(env=env, store=store, spare=spare)
     store.chmod(0o755)  # as a user's folder usually is (pytest makes 0700 ones)
     stack.chown_store(APP_UID)
     try:

@@ -235,7 +235,7 @@ def test_first_start_on_an_unwritable_empty_store_says_what_to_do(compose: Compo
     empty = tmp_path / "store"
     empty.mkdir()  # owned by root: the images' user cannot write it
     env = dict(compose.env, MODEL_STORE_DIR=str(empty))
-    refused = Compose(env=env, store=empty, port=compose.port).run("docker compose run --rm models", check=False)
+    refused = Compose(env=env, store=empty, published=compose.port).run("docker compose run --rm models", check=False)
     assert refused.returncode != 0
     assert "[stack] error: " in refused.stderr
     assert "not writable by uid 10001" in refused.stderr

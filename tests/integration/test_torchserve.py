@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import yaml
 
 from handlers.text_classification import load, predict, settings_from, to_response
 from stack.torchserve import REPO, TorchServe
-from tests.conftest import free_port, free_ports
+from tests.conftest import START_ATTEMPTS, free_port, free_ports, logs_say_a_port_was_taken, says_a_port_was_taken
 
 pytestmark = pytest.mark.integration
 
@@ -150,14 +151,46 @@ def stack_processes(run_dir: Path) -> list[psutil.Process]:
     return found
 
 
-def test_stack_start_and_stop_leave_nothing_behind(tiny_store: Path, tmp_path: Path) -> None:
+def start_the_launcher(tiny_store: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], Path, str]:
+    """``python -m stack start`` on free ports; again on new ones (up to ``START_ATTEMPTS``) when one of them was
+    taken by another process between choosing it and the bind (the launcher's logs say so)."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        run_dir = tmp_path / f"run-{attempt}"
+        env = {**os.environ, "RUN_DIR": str(run_dir), "MODEL_STORE": str(tiny_store)}
+        env["TS_PORTS"] = ",".join(str(p) for p in free_ports().__dict__.values())
+        gateway_port = str(free_port())
+        start = subprocess.run([sys.executable, "-m", "stack", "start", "--gateway-port", gateway_port, "--no-train"],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+        taken = says_a_port_was_taken(start.stderr) or logs_say_a_port_was_taken(run_dir)
+        if start.returncode == 0 or attempt == START_ATTEMPTS or not taken:
+            return start, run_dir, gateway_port
+        subprocess.run([sys.executable, "-m", "stack", "stop"], cwd=REPO, env=env, capture_output=True, timeout=120)
+    raise AssertionError("unreachable")
+
+
+def test_a_taken_gateway_port_is_told_apart_from_other_failures(tiny_store: Path, tmp_path: Path) -> None:
+    """What ``start_the_launcher`` retries on: with the gateway's port held by another listener, the launcher fails
+    and its output or logs say the address was in use."""
     run_dir = tmp_path / "run"
-    ports = free_ports()
     env = {**os.environ, "RUN_DIR": str(run_dir), "MODEL_STORE": str(tiny_store)}
-    env["TS_PORTS"] = ",".join(str(p) for p in ports.__dict__.values())
-    gateway_port = str(free_port())
-    start = subprocess.run([sys.executable, "-m", "stack", "start", "--gateway-port", gateway_port, "--no-train"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+    env["TS_PORTS"] = ",".join(str(p) for p in free_ports().__dict__.values())
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        try:
+            start = subprocess.run([sys.executable, "-m", "stack", "start", "--gateway-port", port, "--no-train"],
+                                   cwd=REPO, env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+        finally:
+            subprocess.run([sys.executable, "-m", "stack", "stop"], cwd=REPO, env=env, capture_output=True, timeout=120)
+    assert start.returncode != 0
+    assert says_a_port_was_taken(start.stderr) or logs_say_a_port_was_taken(run_dir)
+    assert stack_processes(run_dir) == []
+
+
+def test_stack_start_and_stop_leave_nothing_behind(tiny_store: Path, tmp_path: Path) -> None:
+    start, run_dir, gateway_port = start_the_launcher(tiny_store, tmp_path)
+    env = {**os.environ, "RUN_DIR": str(run_dir), "MODEL_STORE": str(tiny_store)}
     try:
         assert start.returncode == 0, start.stderr
         response = httpx.post(f"http://127.0.0.1:{gateway_port}/generate", json={"passage": "I are a boy"})

@@ -2,17 +2,28 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
+#: the Python 3.11 that creates the virtualenv
 PYTHON_BIN ?= $(shell command -v python3.11 || command -v python3)
+#: the virtualenv every target uses
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 REQS       := requirements/torch.txt requirements/runtime.txt requirements/dev.txt
+#: the datasets: training, the tests' real-data checks, bench, soak
 export DATA_DIR    ?= $(abspath data)
+#: the model store: versioned .mar archives, defaults.json, canary.json
 export MODEL_STORE ?= $(abspath model_store)
+#: the local stack's state: pid files, logs, TorchServe's key file
 export RUN_DIR     ?= $(abspath run)
+#: 1: nothing is fetched from the Hugging Face hub (0 lets training use a hub id on a machine that reaches it)
 export HF_HUB_OFFLINE ?= 1
+#: the same for transformers
 export TRANSFORMERS_OFFLINE ?= 1
+#: the task `make train` fine-tunes: cola or sentiment
 TASK ?= cola
+#: the base model training uses (mpnet, minilm, a hub id, a folder); unset: each task's default. `make serve BASE_MODEL=minilm` is the fast path
+BASE_MODEL ?=
+#: where `make venv` looks for the torch CPU wheel first (the default index after a 5 s timeout)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: help venv mpnet java browser serve start stop status train test test-slow test-compose bench examples soak lint format clean
@@ -82,14 +93,20 @@ browser:  ## Chromium (Debian) for the /docs test in a real browser; without it 
 test: venv java browser lint  ## the whole suite: unit, gateway, training and integration tests (real TorchServe)
 	$(PY) -m pytest
 
+#: more `python -m benchmarks.run` flags for `make bench`, e.g. BENCH_ARGS='--duration 8 --repeats 2'
+BENCH_ARGS ?=
 bench: venv java  ## naive vs TorchServe vs gateway under wrk -> docs/benchmarks.md + .png (needs both models: `make serve` first)
 	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; } || { echo "error: the benchmark needs wrk: apt-get install -y wrk"; exit 1; }
 	$(PY) -m benchmarks.run --model-store $(MODEL_STORE) --data-dir $(DATA_DIR) $(BENCH_ARGS)
 
+#: set (WRITE=1) to let `make examples` rewrite the README's example answers instead of checking them
+WRITE ?=
 examples: venv  ## check the README's example answers against the running stack (make start first); WRITE=1 rewrites them
 	$(PY) -m stack.readme_examples $(if $(WRITE),--write,)
 
+#: requests per second of `make soak`
 RATE ?= 20
+#: seconds `make soak` runs
 DURATION ?= 300
 soak: venv  ## bounded soak (DURATION s at RATE requests/s) against a running stack (make start) -> docs/reliability.md
 	$(PY) -m benchmarks.soak --rate $(RATE) --duration $(DURATION) --data-dir $(DATA_DIR) --write-doc
@@ -100,6 +117,7 @@ test-slow: venv java  ## the long tier kept out of `make test` (bigger fuzz run,
 # Machines without a container registry (this project's and CI's) have ../shared/docker/engine-up.sh: it starts the
 # engine and builds a local stand-in for the python base image; torch then comes from the host's CPU wheel (.wheels/).
 # Elsewhere the tier uses the running engine and the Dockerfile's defaults (python image, PyTorch CPU index).
+#: the script `make test-compose` starts a Docker engine with, where it exists
 ENGINE_UP ?= ../shared/docker/engine-up.sh
 test-compose: venv  ## the compose tier: build, up, the README's curls, publish, scale, kill a replica, down (real engine)
 	@if [ -x $(ENGINE_UP) ]; then $(ENGINE_UP) && $(PY) -m pip download --quiet --no-deps -d .wheels -r requirements/torch.txt; fi

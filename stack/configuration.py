@@ -1,7 +1,8 @@
 """``python -m stack.configuration [--write]``: docs/configuration.md, generated from the code that reads each setting.
 
 The launcher's and the publish CLI's flags come from their argparse parsers (a flag's environment variable is the
-``env NAME`` its help names), the gateway's settings from :class:`gateway.settings.Settings`. Defaults are shown as
+``env NAME`` its help names), the gateway's settings from :class:`gateway.settings.Settings`, the Makefile's
+variables from its ``NAME ?= default`` lines and the ``#:`` comment above each. Defaults are shown as
 the code has them with none of those variables set. ``tests/stack/test_configuration.py`` fails when the file is
 not what this renders, or when the code reads an environment variable the file does not name.
 """
@@ -26,7 +27,9 @@ from stack.torchserve import REPO, Ports
 from training.publish import build_parser as publish_parser
 
 DOC = REPO / "docs" / "configuration.md"
+MAKEFILE = REPO / "Makefile"
 ENV_IN_HELP = re.compile(r"\benv ([A-Z][A-Z0-9_]+)")
+MAKE_VARIABLE = re.compile(r"^(?:export\s+)?([A-Z][A-Z0-9_]*)\s*\?=\s*(.*)$")
 VARIABLES = ("MODEL_STORE", "RUN_DIR", "TS_HOST", "TS_PORTS", "GATEWAY_HOST", "GATEWAY_PORT", "INFERENCE_KEY_FILE",
              "KEY_FILE", "MANAGEMENT_URL", "BASE_MODEL")  # fmt: skip
 TRAINING_VARIABLES = [
@@ -127,6 +130,29 @@ def settings_section() -> list[str]:
     return [*lines, ""]
 
 
+def makefile_section() -> list[str]:
+    """Every ``NAME ?= default`` of the Makefile with the ``#:`` line above it (a variable without one is an error:
+    the reference would otherwise miss it)."""
+    lines = [
+        "## The Makefile's variables",
+        "",
+        "Set on the command line (`make serve BASE_MODEL=minilm`) or in the environment; `export`ed ones reach every",
+        "command a target runs.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    previous = ""
+    for line in MAKEFILE.read_text().splitlines():
+        if match := MAKE_VARIABLE.match(line):
+            if not previous.startswith("#: "):
+                raise ValueError(f"Makefile: {match[1]} has no '#: meaning' line above it")
+            default = f"`{match[2].strip()}`" if match[2].strip() else "unset"
+            lines.append(f"| `{match[1]}` | {cell(default)} | {cell(previous[3:])} |")
+        previous = line
+    return [*lines, ""]
+
+
 def render() -> str:
     with without_variables():
         sections = [
@@ -140,6 +166,7 @@ def render() -> str:
                 + "\n```",
             ),
             *TRAINING_VARIABLES,
+            *makefile_section(),
             *parser_section(
                 "The gateway process: `python -m gateway`",
                 gateway_parser(),

@@ -27,11 +27,13 @@ import psutil
 
 from benchmarks.load import cola_sentences, review_texts
 from gateway.aiohttp_transport import AiohttpTransport
+from stack import doc_sections
 from training.tasks import default_data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "reliability.md"
-BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
+SECTION = "soak"  # docs/reliability.md's generated section (stack.doc_sections)
+BEGIN, END = doc_sections.markers(SECTION)
 MIX = ("/generate", "/predict", "/generate", "/predict", "/predict/batch")  # 2 : 2 : 1, batches of 4 reviews
 
 
@@ -176,12 +178,7 @@ def report(soak: Soak, start_rss: dict[str, float | None], end_rss: dict[str, fl
 
 
 def write_doc(text: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else f"# Reliability\n\n## Soak\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in doc:
-        doc += f"\n## Soak\n\n{BEGIN}\n{END}\n"
-    head, rest = doc.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    DOC.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+    DOC.write_text(doc_sections.replaced(DOC.read_text(), SECTION, text))
 
 
 def main(argv: list[str] | None = None) -> int:

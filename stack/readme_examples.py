@@ -3,7 +3,7 @@
     python -m stack.readme_examples            # compare the README's answers with what the gateway answers now
     python -m stack.readme_examples --write    # rewrite them from what it answers (after training a new default)
 
-The README holds the examples between ``<!-- examples:begin -->`` and ``<!-- examples:end -->``: each request as a
+The README holds the examples in its ``examples`` section (:mod:`stack.doc_sections`): each request as a
 curl command and the answer it got, rounded to 3 decimals. ``--check`` (the default) exits 1 and prints both when a
 label differs or a probability moved by more than :data:`TOLERANCE`, so the README never shows answers that are
 not this project's. ``make examples`` runs the check against ``make start``'s stack.
@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from stack import doc_sections
 from stack.torchserve import REPO
 
-BEGIN, END = "<!-- examples:begin -->", "<!-- examples:end -->"
+SECTION = "examples"  # the README's generated section (stack.doc_sections)
+BEGIN, END = doc_sections.markers(SECTION)
 TOLERANCE = 0.01  # the shown answers are rounded to 3 decimals; retraining on another CPU moves them a little
 EXAMPLES: tuple[tuple[str, dict[str, str]], ...] = (
     ("/generate", {"passage": "I are a boy"}),
@@ -52,18 +53,19 @@ def ask(base_url: str) -> list[dict[str, Any]]:
 
 
 def render(answers: list[dict[str, Any]]) -> str:
-    lines = [BEGIN, "```console"]
+    lines = ["```console"]
     for (path, body), answer in zip(EXAMPLES, answers, strict=True):
         lines += [f"$ {CURL.format(path=path, body=json.dumps(body))}", json.dumps(answer)]
-    return "\n".join([*lines, "```", END])
+    return "\n".join([*lines, "```"]) + "\n"
 
 
 def shown(readme: str) -> list[dict[str, Any]]:
     """The answers the README's examples block shows, in order."""
-    match = re.search(re.escape(BEGIN) + r"(.*?)" + re.escape(END), readme, flags=re.S)
-    if match is None:
-        raise SystemExit(f"error: the README has no {BEGIN} ... {END} block")
-    return [json.loads(line) for line in match.group(1).splitlines() if line.startswith("{")]
+    try:
+        block = doc_sections.section(readme, SECTION)
+    except doc_sections.MissingSection as exc:
+        raise SystemExit(f"error: the README has {exc}") from None
+    return [json.loads(line) for line in block.splitlines() if line.startswith("{")]
 
 
 def differences(want: list[dict[str, Any]], got: list[dict[str, Any]]) -> list[str]:
@@ -106,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.write:
         shown(readme)  # refuses a README without the block
-        block = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), flags=re.S)
-        args.readme.write_text(block.sub(lambda _: render(answers), readme, count=1))
+        args.readme.write_text(doc_sections.replaced(readme, SECTION, render(answers)))
         print(f"wrote {len(answers)} example answers into {args.readme}")
         return 0
     problems = differences(shown(readme), answers)

@@ -1,0 +1,180 @@
+"""Training figures in README.md and docs/training.md, generated from the training reports of the runs they quote.
+
+    python -m stack.results                          # check: do the docs show what docs/results/training.json holds?
+    python -m stack.results --add model_store/cola-1.0.mar --role default [--label cola-1.0] --write
+    python -m stack.results --write                  # re-render the docs' sections from the record
+
+Each run is recorded once, in ``docs/results/training.json``, as a summary of the ``metrics.json`` its archive
+carries (the report training wrote: nothing is typed by hand). The README's ``results:quality`` section and
+docs/training.md's ``results:runs`` section are rendered from that record; the check (the default, and
+``tests/stack/test_results.py``) fails when a section differs from its rendering, and when an archive the record
+names is in the model store but its report says something else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from stack import doc_sections
+from stack.torchserve import REPO
+
+RECORD = REPO / "docs" / "results" / "training.json"
+README = REPO / "README.md"
+TRAINING_DOC = REPO / "docs" / "training.md"
+ROLES = {
+    "default": "the served default (README's examples)",
+    "first-run": "a fresh clone's `make serve`",
+    "fast-path": "a fresh clone's `make serve BASE_MODEL=minilm`",
+}
+# The original projects' figures the README compares with (from their own reports, not measured here).
+ORIGINAL = {
+    "cola": "0.572 MCC (bert-base-uncased, GPU)",
+    "sentiment": "0.883 accuracy (tutorial: bert-base-cased, its own ~15.7k reviews)",
+}
+METRIC_NAMES = {"mcc": "MCC"}
+SPLIT_SIZE = {"cola": "validation, 1,043 sentences", "sentiment": "test, 403 reviews"}
+
+
+def _get(tree: dict[str, Any], path: str) -> Any:
+    for key in path.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The figures the docs quote, read from one run's ``metrics.json``."""
+    metric = metrics["metric"]
+    quantization = metrics.get("quantization") or {}
+    chosen = quantization.get("chosen") or {}
+    calibration = quantization.get("calibration") or {}
+    ece = calibration.get("ece") or {}
+    return {
+        "task": metrics["task"],
+        "archive": _get(metrics, "packaging.archive"),
+        "created": metrics.get("created"),
+        "base": _get(metrics, "base.name") or metrics.get("base_model"),
+        "upstream": _get(metrics, "base.upstream"),
+        "epochs": _get(metrics, "hyperparameters.epochs"),
+        "lr": _get(metrics, "hyperparameters.lr"),
+        "precision": _get(metrics, "hyperparameters.precision"),
+        "metric": METRIC_NAMES.get(metric, metric),
+        "fp32": {split: _get(quantization, f"fp32.{split}.{metric}") for split in ("validation", "test")},
+        "served": {split: _get(chosen, f"{split}.{metric}") for split in ("validation", "test")},
+        "activations": _get(chosen, "served.activations"),
+        "fp32_modules": len(_get(chosen, "served.keep_fp32") or []),
+        "temperature": calibration.get("temperature"),
+        "ece": {split: [v.get("before"), v.get("after")] for split, v in sorted(ece.items())},
+        "batch_invariance": _get(quantization, "batch_invariance.max_abs_delta"),
+        # a run packaged again from a finished one (--from-run) did not train: its time is not a training time
+        "training_s": None if _get(metrics, "hyperparameters.from_run") else _get(metrics, "timing_s.total"),
+        "command": _get(metrics, "trained_by.command") or metrics.get("command"),
+    }
+
+
+def archive_metrics(archive: Path) -> dict[str, Any]:
+    with zipfile.ZipFile(archive) as mar:
+        return json.loads(mar.read("metrics.json"))
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _minutes(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds / 60:.0f} min"
+
+
+def quality_section(record: dict[str, Any]) -> str:
+    """The README's table: each task's served default against the original project."""
+    lines = [
+        "| task: served default (static int8, through the gateway) | this project | the original |",
+        "|---|---|---|",
+    ]
+    for label, run in sorted(record["runs"].items()):
+        if run["role"] != "default":
+            continue
+        split = "test" if run["served"]["test"] is not None else "validation"
+        lines.append(
+            f"| {run['task']} ({SPLIT_SIZE[run['task']]}): `{label}`, {run['base']} | "
+            f"**{_num(run['served'][split])}** {run['metric']} ({split}) | {ORIGINAL[run['task']]} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def runs_section(record: dict[str, Any]) -> str:
+    """docs/training.md's table: every recorded run, as its training report states it."""
+    lines = [
+        "| run | what it is | base, epochs, lr, precision | metric | fp32 validation | served validation | "
+        "served test | temperature | ECE validation before -> after | ECE test before -> after | "
+        "batch invariance max abs delta | training time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, run in sorted(record["runs"].items(), key=lambda item: (item[1]["task"], item[1]["role"], item[0])):
+        ece = {split: " -> ".join(map(_num, run["ece"].get(split) or [None, None])) for split in ("validation", "test")}
+        lines.append(
+            f"| `{label}` | {ROLES[run['role']]} | {run['base']}, {run['epochs']}, {run['lr']}, {run['precision']} | "
+            f"{run['metric']} | {_num(run['fp32']['validation'])} | **{_num(run['served']['validation'])}** | "
+            f"{_num(run['served']['test'])} | {_num(run['temperature'], 2)} | {ece['validation']} | {ece['test']} | "
+            f"{_num(run['batch_invariance'], 6)} | {_minutes(run['training_s'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+SECTIONS = ((README, "results:quality", quality_section), (TRAINING_DOC, "results:runs", runs_section))
+
+
+def drift(record: dict[str, Any], store: Path) -> list[str]:
+    """What disagrees: a doc section and its rendering, or a recorded run and its archive's report in ``store``."""
+    problems = []
+    for doc, name, render in SECTIONS:
+        if doc_sections.section(doc.read_text(), name) != render(record):
+            problems.append(f"{doc.relative_to(REPO)}: the {name} section is not what {RECORD.name} renders")
+    for label, run in record["runs"].items():
+        archive = store / f"{label}.mar"
+        if run["role"] == "default" and archive.exists():
+            fresh = {**summary(archive_metrics(archive)), "role": run["role"]}
+            if fresh != run:
+                problems.append(f"{label}: {archive} reports other figures than {RECORD.name} records")
+    return problems
+
+
+def load() -> dict[str, Any]:
+    return json.loads(RECORD.read_text()) if RECORD.exists() else {"runs": {}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack.results", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--add", type=Path, help="an archive (.mar) whose training report to record")
+    parser.add_argument("--label", help="the run's name in the docs (default: the archive's name)")
+    parser.add_argument("--role", choices=sorted(ROLES), default="default", help="what the run is")
+    parser.add_argument("--write", action="store_true", help=f"write {RECORD.name} and the docs' sections")
+    parser.add_argument("--model-store", type=Path, default=REPO / "model_store", help="where to compare archives")
+    args = parser.parse_args(argv)
+    record = load()
+    if args.add:
+        label = args.label or args.add.name.removesuffix(".mar")
+        record["runs"][label] = {**summary(archive_metrics(args.add)), "role": args.role}
+    if args.write:
+        RECORD.parent.mkdir(parents=True, exist_ok=True)
+        RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        for doc, name, render in SECTIONS:
+            doc.write_text(doc_sections.replaced(doc.read_text(), name, render(record)))
+        print(f"wrote {RECORD.relative_to(REPO)} ({len(record['runs'])} runs) and its sections")
+        return 0
+    problems = drift(record, args.model_store)
+    for line in problems:
+        print(f"drift: {line}")
+    if not problems:
+        print(f"the docs show what {RECORD.relative_to(REPO)} records ({len(record['runs'])} runs)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

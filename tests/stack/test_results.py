@@ -1,0 +1,77 @@
+"""The training figures in the docs: rendered from docs/results/training.json, which records real training reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stack import doc_sections, results
+from stack.torchserve import REPO
+from training.train import main as train_main
+
+
+def test_the_docs_show_what_the_record_holds() -> None:
+    """README.md's and docs/training.md's sections are what the record renders; where the store holds a recorded
+    default archive (a developer's machine), its training report still says what the record does."""
+    assert results.drift(results.load(), REPO / "model_store") == []
+
+
+def test_every_task_has_exactly_one_recorded_default() -> None:
+    defaults = [run["task"] for run in results.load()["runs"].values() if run["role"] == "default"]
+    assert sorted(defaults) == ["cola", "sentiment"]
+
+
+def test_a_hand_edited_figure_is_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = results.load()
+    doc = tmp_path / "training.md"
+    doc.write_text(f"# t\n\n{doc_sections.markers('results:runs')[0]}\n{doc_sections.markers('results:runs')[1]}\n")
+    doc.write_text(doc_sections.replaced(doc.read_text(), "results:runs", results.runs_section(record)))
+    monkeypatch.setattr(results, "SECTIONS", ((doc, "results:runs", results.runs_section),))
+    monkeypatch.setattr(results, "REPO", tmp_path)
+    assert results.drift(record, tmp_path) == []
+
+    served = next(iter(record["runs"].values()))["served"]["validation"]
+    doc.write_text(doc.read_text().replace(f"**{served:.3f}**", f"**{served + 0.1:.3f}**", 1))
+    assert results.drift(record, tmp_path) == [
+        "training.md: the results:runs section is not what training.json renders"
+    ]
+
+
+def test_a_recorded_run_is_its_archives_training_report(
+    tiny_models: dict[str, Path], data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real (tiny) training run's archive, recorded: the figures are the report's; a changed report is drift."""
+    store = tmp_path / "store"
+    small = [
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-train-rows",
+        "32",
+        "--max-eval-rows",
+        "24",
+        "--max-length",
+        "32",
+    ]
+    args = ["--task", "sentiment", "--base-model", str(tiny_models["sentiment"]), "--data-dir", str(data_dir)]
+    assert train_main([*args, "--output", str(tmp_path / "run"), "--model-store", str(store), *small]) == 0
+    archive = store / "sentiment-1.0.mar"
+    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+    run = results.summary(results.archive_metrics(archive))
+    chosen = report["quantization"]["chosen"]
+    assert run["served"] == {"validation": chosen["validation"]["accuracy"], "test": chosen["test"]["accuracy"]}
+    assert run["fp32"]["validation"] == report["quantization"]["fp32"]["validation"]["accuracy"]
+    assert run["temperature"] == report["quantization"]["calibration"]["temperature"]
+    assert run["training_s"] == report["timing_s"]["total"]
+
+    monkeypatch.setattr(results, "SECTIONS", ())
+    record = {"runs": {"sentiment-1.0": {**run, "role": "default"}}}
+    assert results.drift(record, store) == []
+    record["runs"]["sentiment-1.0"]["served"]["test"] = 0.99
+    assert results.drift(record, store) == [
+        f"sentiment-1.0: {archive} reports other figures than training.json records"
+    ]

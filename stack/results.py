@@ -1,7 +1,7 @@
 """Training figures in README.md and docs/training.md, generated from the training reports of the runs they quote.
 
     python -m stack.results                          # check: do the docs show what docs/results/training.json holds?
-    python -m stack.results --add model_store/cola-1.0.mar --role default [--label cola-1.0] --write
+    python -m stack.results --add model_store/cola-1.0.mar --add model_store/sentiment-1.0.mar --write
     python -m stack.results --write                  # re-render the docs' sections from the record
 
 Each run is recorded once, in ``docs/results/training.json``, as a summary of the ``metrics.json`` its archive
@@ -75,7 +75,29 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
         # a run packaged again from a finished one (--from-run) did not train: its time is not a training time
         "training_s": None if _get(metrics, "hyperparameters.from_run") else _get(metrics, "timing_s.total"),
         "command": _get(metrics, "trained_by.command") or metrics.get("command"),
+        "max_int8_drop": quantization.get("max_drop"),
+        "int8_candidates": [
+            {
+                "setting": setting(candidate["served"]),
+                "validation": _get(candidate, f"validation.{metric}"),
+                "drop": candidate.get("drop"),
+                "flips": candidate.get("flips"),
+                "eligible": candidate.get("eligible"),
+                "served": candidate["served"] == chosen.get("served"),
+            }
+            for candidate in quantization.get("candidates") or []
+        ],
     }
+
+
+def setting(served: dict[str, Any]) -> str:
+    """An int8 candidate in words: what the handler would serve."""
+    if not served.get("quantize"):
+        return "fp32 (no int8)"
+    kept = len(served.get("keep_fp32") or [])
+    islands = f", {kept} modules kept fp32" if kept else ", every MatMul int8"
+    granularity = str(served.get("quantization", "")).replace("_", "-")
+    return f"int8 {granularity}, {served.get('activations', 'dynamic')} activations{islands}"
 
 
 def archive_metrics(archive: Path) -> dict[str, Any]:
@@ -127,7 +149,36 @@ def runs_section(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = ((README, "results:quality", quality_section), (TRAINING_DOC, "results:runs", runs_section))
+def int8_section(record: dict[str, Any]) -> str:
+    """docs/training.md's int8 table: every candidate the check of each recorded default scored, in its order."""
+    lines = [
+        "| run | candidate | validation metric | drop vs fp32 | labels changed | within the bound | served |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, run in sorted(record["runs"].items()):
+        if run["role"] != "default":
+            continue
+        for candidate in run["int8_candidates"]:
+            lines.append(
+                f"| `{label}` | {candidate['setting']} | {_num(candidate['validation'])} {run['metric']} | "
+                f"{_num(candidate['drop'])} | {_num(100 * candidate['flips'], 1)}% | "
+                f"{_bound(candidate['drop'], run['max_int8_drop'])} | "
+                f"{'**served**' if candidate['served'] else '' if candidate['eligible'] else 'study only'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _bound(drop: float | None, max_drop: float | None) -> str:
+    if drop is None or max_drop is None:
+        return "-"
+    return f"yes (<= {max_drop})" if drop <= max_drop else "no"
+
+
+SECTIONS = (
+    (README, "results:quality", quality_section),
+    (TRAINING_DOC, "results:runs", runs_section),
+    (TRAINING_DOC, "results:int8", int8_section),
+)
 
 
 def drift(record: dict[str, Any], store: Path) -> list[str]:
@@ -151,16 +202,18 @@ def load() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack.results", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--add", type=Path, help="an archive (.mar) whose training report to record")
-    parser.add_argument("--label", help="the run's name in the docs (default: the archive's name)")
+    parser.add_argument("--add", type=Path, action="append", default=[], help="an archive (.mar) to record")
+    parser.add_argument("--label", help="the run's name in the docs (default: the archive's name; one --add only)")
     parser.add_argument("--role", choices=sorted(ROLES), default="default", help="what the run is")
     parser.add_argument("--write", action="store_true", help=f"write {RECORD.name} and the docs' sections")
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store", help="where to compare archives")
     args = parser.parse_args(argv)
     record = load()
-    if args.add:
-        label = args.label or args.add.name.removesuffix(".mar")
-        record["runs"][label] = {**summary(archive_metrics(args.add)), "role": args.role}
+    if args.label and len(args.add) != 1:
+        parser.error("--label names one --add")
+    for archive in args.add:
+        label = args.label or archive.name.removesuffix(".mar")
+        record["runs"][label] = {**summary(archive_metrics(archive)), "role": args.role}
     if args.write:
         RECORD.parent.mkdir(parents=True, exist_ok=True)
         RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")

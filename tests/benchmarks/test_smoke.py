@@ -56,20 +56,28 @@ def test_the_soak_exits_1_on_a_failed_request(
 
 
 def test_the_benchmark_harness_writes_its_report_and_plot(tiny_store: Path, tmp_path: Path) -> None:
-    """`make bench` cut to one second per cell: naive baseline, TorchServe direct and the full stack each measured."""
+    """`make bench` cut to one second per cell: the naive baseline (one thread, all threads), TorchServe direct and the
+    full stack each measured. The peer (BentoML, its own virtualenv) has its own test in test_peer.py."""
     out, plot = tmp_path / "benchmarks.md", tmp_path / "benchmarks.png"
     cmd = [sys.executable, "-m", "benchmarks.run", "--model-store", str(tiny_store), "--duration", "1",
            "--warmup", "0", "--repeats", "1", "--concurrency", "1", "--ceiling-seconds", "0",
-           "--endpoints", "generate", "--out", str(out), "--plot", str(plot), "--smoke"]  # fmt: skip
+           "--endpoints", "generate", "--configs", "naive,naive-threads,torchserve,gateway",
+           "--out", str(out), "--plot", str(plot), "--smoke"]  # fmt: skip
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     report = out.read_text()
     assert "SMOKE RUN" in report
     rows = re.findall(
-        r"^\| (naive baseline|TorchServe direct|gateway \(full stack\)) \| 1 \| [\d.]+ .*\| 0 / (\d+) \|",
+        r"^\| (naive baseline|naive baseline, all threads|TorchServe direct|gateway \(full stack\)) \| 1 \| [\d.]+ "
+        r".*\| 0 / (\d+) \|",
         report,
         re.MULTILINE,
     )
-    assert sorted(name for name, _ in rows) == ["TorchServe direct", "gateway (full stack)", "naive baseline"]
+    assert sorted(name for name, _ in rows) == [
+        "TorchServe direct",
+        "gateway (full stack)",
+        "naive baseline",
+        "naive baseline, all threads",
+    ]
     assert all(int(requests) > 0 for _, requests in rows)
     assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

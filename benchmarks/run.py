@@ -1,5 +1,6 @@
-"""``python -m benchmarks.run``: naive baseline vs TorchServe direct vs the full stack, side by side, same weights
-and same sentences; the in-process ceiling; a Markdown report and a PNG plot into docs/.
+"""``python -m benchmarks.run``: naive baseline (one thread, all threads) vs a peer framework (BentoML) vs TorchServe
+direct vs the full stack, side by side, same weights and same sentences; the in-process ceiling; a Markdown report
+and a PNG plot into docs/.
 
 Quick check: ``python -m benchmarks.run --duration 5 --repeats 1 --concurrency 8 --smoke``.
 """
@@ -23,11 +24,22 @@ import psutil
 
 from benchmarks import ceiling, report
 from benchmarks.load import ENDPOINTS, LoadError, cola_sentences, require_wrk, review_texts, run_wrk, write_bodies
-from benchmarks.servers import Naive, ServerError, Stack, cpu_seconds, extract, rss_mib, served_archives, wait_idle
+from benchmarks.servers import (
+    PEER_VENV,
+    Naive,
+    Peer,
+    ServerError,
+    Stack,
+    cpu_seconds,
+    extract,
+    rss_mib,
+    served_archives,
+    wait_idle,
+)
 from stack.torchserve import REPO
 from training.tasks import default_data_dir
 
-CONFIGS = ("naive", "torchserve", "gateway")
+CONFIGS = ("naive", "naive-threads", "bentoml", "torchserve", "gateway")
 
 
 def csv_list(value: str) -> list[str]:
@@ -47,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ceiling-seconds", type=float, default=10, help="seconds per ceiling repetition (0: skip)")
     p.add_argument("--ceiling-batch", type=int, default=8)
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for a configuration to be ready")
+    p.add_argument(
+        "--peer-python", type=Path, default=PEER_VENV / "bin" / "python", help="the peer's virtualenv (make peer)"
+    )
+    p.add_argument(
+        "--peer-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="BentoML model-service processes (default: one per core, as the stack runs one single-threaded "
+        "TorchServe worker per core and model)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "benchmarks.png")
     p.add_argument("--json", type=Path, help="also write every raw run here")
@@ -89,7 +111,7 @@ def busy_processes() -> list[str]:
 
 
 def measure_config(
-    name: str, server: Naive | Stack, args: argparse.Namespace, bodies: dict[tuple[str, bool], Path]
+    name: str, server: Naive | Peer | Stack, args: argparse.Namespace, bodies: dict[tuple[str, bool], Path]
 ) -> tuple[list[dict[str, Any]], float]:
     """Every endpoint x concurrency x repetition against one running configuration; returns runs and RSS MiB."""
     torchserve = name == "torchserve"
@@ -177,14 +199,24 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 ceilings[model] = statistics.median(values)
                 print(f"[bench] ceiling {model}: {ceilings[model]:.1f} texts/s ({values})", flush=True)
-        if "naive" in args.configs:
-            naive = Naive(models=dirs, log=tmp / "naive.log")
+        in_process: dict[str, Naive | Peer] = {
+            "naive": Naive(models=dirs, log=tmp / "naive.log"),
+            "naive-threads": Naive(models=dirs, log=tmp / "naive-threads.log", threads=0),
+            "bentoml": Peer(models=dirs, log=tmp / "bentoml.log", python=args.peer_python, workers=args.peer_workers),
+        }
+        for name, server in in_process.items():
+            if name not in args.configs:
+                continue
             try:
-                naive.start(timeout=args.timeout)
-                new, rss["naive"] = measure_config("naive", naive, args, bodies)
+                server.start(timeout=args.timeout)
+                new, rss[name] = measure_config(name, server, args, bodies)
                 runs += new
+            except ServerError:
+                tail = server.log.read_text(errors="replace").splitlines()[-30:] if server.log.is_file() else []
+                print(f"[bench] {name} failed; the end of its log:", *tail, sep="\n", file=sys.stderr)
+                raise
             finally:
-                naive.stop()
+                server.stop()
         stack_configs = [c for c in ("torchserve", "gateway") if c in args.configs]
         if stack_configs:
             store = tmp / "store"  # only the archives under test: one version per model
@@ -285,24 +317,33 @@ version of each model in `model_store/`) and the same texts:
    start-up with the handler's own `load` and its PyTorch defaults (engine `torch`: every Linear int8, dynamic
    quantization, one torch thread) and called inside the `async` endpoint per request, as the original projects
    served their PyTorch models (with int8 added, which only makes the baseline faster);
-2. **TorchServe direct**: the inference API (`/predictions/<model>`, `{"text"}` / `{"texts"}`, inference token);
-3. **gateway (full stack)**: `python -m stack start` on free loopback ports, requests through the gateway.
+2. **naive baseline, all threads**: the same server with torch's default thread count (one per core), as a server
+   that never sets it runs: each forward may use every core, still one request at a time;
+3. **BentoML (peer)** (`benchmarks/baselines/bentoml_service.py`, BentoML 1.4 from its own virtualenv `.venv-peer`,
+   `make peer`): an established serving framework with adaptive batching, serving the same archives with the
+   handler's own code (engine ONNX Runtime int8, the archive's settings) in-process. A front service with the naive
+   server's contract calls a model service whose batchable APIs gather the texts of concurrent requests (up to 64
+   per call, BentoML's adaptive window); one front process, one single-threaded model process per core
+   (`--peer-workers`, as the stack runs one worker per core and model), `bentoml serve`, usage statistics off;
+4. **TorchServe direct**: the inference API (`/predictions/<model>`, `{"text"}` / `{"texts"}`, inference token);
+5. **gateway (full stack)**: `python -m stack start` on free loopback ports, requests through the gateway.
 
 Load: `wrk` (one thread, `benchmarks/lua/post.lua`) sends distinct JSON bodies round-robin from a file of CoLA dev
 sentences or review texts, for a bounded duration, at 1, 8, 32 and 64 connections (closed loop: each connection
 sends its next request when the previous one is answered); each cell starts once the server processes are idle
 again (a run ends with requests still queued, which the next cell must not pay for). Reported per cell: requests/s,
 texts/s, p50/p90/p99 latency, errors (non-2xx answers + socket errors), CPU seconds of each server process during
-the run (psutil, before/after: naive process; gateway; TorchServe frontend (JVM); TorchServe workers) and of `wrk`
+the run (psutil, before/after: naive process; BentoML's front, model and arbiter processes; gateway; TorchServe
+frontend (JVM); TorchServe workers) and of `wrk`
 itself. The ceiling is the handler's batched forward (`handlers.text_classification.predict`) in-process with the
 archive's own handler settings (the served engine, ONNX Runtime int8), one single-threaded process per core, batch
 8, texts/s summed. Each cell is repeated and the median is quoted. How the stack was tuned, what each lever
 measured and what limits the numbers below: [performance.md](performance.md).
 
-Options: `--duration`, `--repeats`, `--concurrency 1,8,32,64`, `--configs naive,torchserve,gateway`,
-`--endpoints generate,predict,generate/batch,predict/batch`, `--model-store`, `--data-dir`, `--ceiling-seconds`,
-`--json raw.json`, `--smoke`. The machine should be otherwise idle: the run records other training/test processes
-and the load average it saw.
+Options: `--duration`, `--repeats`, `--concurrency 1,8,32,64`,
+`--configs naive,naive-threads,bentoml,torchserve,gateway`, `--endpoints generate,predict,generate/batch,predict/batch`,
+`--model-store`, `--data-dir`, `--ceiling-seconds`, `--peer-python`, `--peer-workers`, `--json raw.json`, `--smoke`.
+The machine should be otherwise idle: the run records other training/test processes and the load average it saw.
 """
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -100,6 +101,7 @@ class Naive:
 
     models: dict[str, Path]  # name -> save_pretrained dir
     log: Path
+    threads: int = 1  # torch intra-op threads; 0: torch's default (one per core)
     port: int = field(default_factory=lambda: free_ports(1)[0])
     process: subprocess.Popen[bytes] | None = None
 
@@ -109,6 +111,7 @@ class Naive:
 
     def start(self, *, timeout: float) -> None:
         cmd = [sys.executable, "-m", "benchmarks.baselines.naive_server", "--port", str(self.port)]
+        cmd += ["--threads", str(self.threads)]
         for name in ("cola", "sentiment"):
             if name in self.models:
                 cmd += [f"--{name}", str(self.models[name])]
@@ -120,6 +123,64 @@ class Naive:
 
     def roles(self) -> dict[str, list[psutil.Process]]:
         return {"naive": tree(self.process.pid)} if self.process else {}
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            stop_process_group(self.process.pid, timeout=15)
+        if self.process is not None:
+            self.process.wait(timeout=10)
+
+
+PEER_VENV = REPO / ".venv-peer"  # `make peer`: BentoML and the handler's dependencies, apart from the project's
+PEER_SERVICE = "benchmarks.baselines.bentoml_service:Api"
+
+
+@dataclass
+class Peer:
+    """The same models under BentoML (``benchmarks/baselines/bentoml_service.py``), run by ``bentoml serve`` from
+    the peer's own virtualenv: an arbiter, the front service's worker and the model service's worker(s)."""
+
+    models: dict[str, Path]  # name -> extracted archive (model-config.yaml carries the served settings)
+    log: Path
+    python: Path = PEER_VENV / "bin" / "python"
+    workers: int = 1  # model-service processes
+    port: int = field(default_factory=lambda: free_ports(1)[0])
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, timeout: float) -> None:
+        if not self.python.is_file():
+            raise ServerError(f"{self.python} does not exist: `make peer` builds the peer's virtualenv (BentoML)")
+        env = {
+            **os.environ,
+            **{f"PEER_{name.upper()}": str(path) for name, path in self.models.items()},
+            "PEER_WORKERS": str(self.workers),
+            "BENTOML_DO_NOT_TRACK": "true",  # no usage statistics: the machine is offline, and it is not ours to send
+            "BENTOML_HOME": str(self.log.parent / "bentoml-home"),  # its state and metrics files, not ~/bentoml
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+        host = ["--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [str(self.python), "-m", "bentoml", "serve", PEER_SERVICE, *host]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        # /readyz answers 200 once the front service and the model service it depends on both answer
+        wait_http(f"{self.url}/readyz", timeout=timeout, process=self.process)
+
+    def roles(self) -> dict[str, list[psutil.Process]]:
+        if not self.process:
+            return {}
+        procs = tree(self.process.pid)
+        model = [p for p in procs if "Classifier" in _cmdline(p)]
+        front = [p for p in procs if "Api" in _cmdline(p)]
+        arbiter = [p for p in procs if p not in model and p not in front]
+        return {"bentoml-api": front, "bentoml-model": model, "bentoml-arbiter": arbiter}
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

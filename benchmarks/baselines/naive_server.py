@@ -13,12 +13,14 @@ same ``.mar`` (a zip with ``config.json``, the weights and the tokenizer files a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import zipfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import torch
 import uvicorn
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
@@ -54,7 +56,7 @@ class Texts(BaseModel):
     texts: list[str]
 
 
-def create_app(*, cola: Path | None, sentiment: Path | None) -> FastAPI:
+def create_app(*, cola: Path | None, sentiment: Path | None, settings: Settings = SETTINGS) -> FastAPI:
     models: dict[str, Loaded] = {}
 
     @asynccontextmanager
@@ -62,8 +64,8 @@ def create_app(*, cola: Path | None, sentiment: Path | None) -> FastAPI:
         with tempfile.TemporaryDirectory(prefix="naive-") as scratch:
             for name, source in (("cola", cola), ("sentiment", sentiment)):
                 if source is not None:
-                    models[name] = load(model_dir(source, Path(scratch)), settings=SETTINGS)
-                    predict(models[name], ["warm-up"], max_length=SETTINGS.max_length)
+                    models[name] = load(model_dir(source, Path(scratch)), settings=settings)
+                    predict(models[name], ["warm-up"], max_length=settings.max_length)
             yield
 
     app = FastAPI(lifespan=lifespan)
@@ -75,13 +77,13 @@ def create_app(*, cola: Path | None, sentiment: Path | None) -> FastAPI:
 
     def acceptability(texts: list[str]) -> list[dict[str, float]]:
         loaded = model("cola")
-        probs = predict(loaded, texts, max_length=SETTINGS.max_length)
+        probs = predict(loaded, texts, max_length=settings.max_length)
         column = loaded.labels.index("acceptable")
         return [{"prob": float(p)} for p in probs[:, column].tolist()]
 
     def sentiment_of(texts: list[str]) -> list[dict[str, object]]:
         loaded = model("sentiment")
-        probs = predict(loaded, texts, max_length=SETTINGS.max_length)
+        probs = predict(loaded, texts, max_length=settings.max_length)
         results: list[dict[str, object]] = []
         for row in probs.tolist():
             by_label = dict(zip(loaded.labels, row, strict=True))
@@ -119,8 +121,13 @@ def main() -> None:
     parser.add_argument("--sentiment", type=Path, help=".mar or save_pretrained dir of the sentiment model")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument(
+        "--threads", type=int, default=SETTINGS.num_threads, help="torch threads; 0: torch's default (one per core)"
+    )
     args = parser.parse_args()
-    app = create_app(cola=args.cola, sentiment=args.sentiment)
+    # torch's default, read before `load` sets it: what a server that never sets it runs with
+    settings = dataclasses.replace(SETTINGS, num_threads=args.threads or torch.get_num_threads())
+    app = create_app(cola=args.cola, sentiment=args.sentiment, settings=settings)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
 
 

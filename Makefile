@@ -113,7 +113,7 @@ test: venv java browser lint  ## the whole suite: unit, gateway, training and in
 BENCH_ARGS ?=
 bench: venv peer java  ## naive (1 and all threads) vs BentoML vs TorchServe vs gateway under wrk -> docs/benchmarks.md + .png (needs both models: `make serve` first)
 	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; } || { echo "error: the benchmark needs wrk: apt-get install -y wrk"; exit 1; }
-	$(PY) -m benchmarks.run --model-store $(MODEL_STORE) --data-dir $(DATA_DIR) $(BENCH_ARGS)
+	$(PY) -m benchmarks.run --model-store $(MODEL_STORE) --data-dir $(DATA_DIR) --readme README.md --record docs/results/bench.json $(BENCH_ARGS)
 
 #: set (WRITE=1) to let `make examples` rewrite the README's example answers instead of checking them
 WRITE ?=

@@ -167,3 +167,29 @@ def plot(cells: Sequence[Cell], ceilings: dict[str, float], path: Path, *, title
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def summary(cells: Sequence[Cell], ceilings: dict[str, float], rss: dict[str, float], *, when: str) -> str:
+    """The README's short form of a run (its ``bench:summary`` section): ``/generate`` for each configuration at 1 and
+    32 clients, the targets, the memory; the whole report is docs/benchmarks.md."""
+    configs = [c for c in CONFIG_NAMES if find(cells, c, "generate", 32) or find(cells, c, "generate", 1)]
+    lines = [
+        f"`/generate` on this CPU, {when} (medians; every endpoint and client count: "
+        "[docs/benchmarks.md](docs/benchmarks.md)):",
+        "",
+        "| | " + " | ".join(CONFIG_NAMES[c] for c in configs) + " |",
+        "|---|" + "---:|" * len(configs),
+    ]
+    one = [find(cells, c, "generate", 1) for c in configs]
+    many = [find(cells, c, "generate", 32) for c in configs]
+    lines.append("| 1 client: p50 | " + " | ".join(f"{c.p50_ms:.1f} ms" if c else "-" for c in one) + " |")
+    lines.append(
+        "| 32 clients: requests/s (p99) | "
+        + " | ".join(f"{c.rps:,.0f} ({c.p99_ms:,.0f} ms)" if c else "-" for c in many)
+        + " |"
+    )
+    if ceilings:
+        lines += ["", "In-process ceiling: " + ", ".join(f"{m} {v:,.0f} texts/s" for m, v in sorted(ceilings.items()))]
+    if rss:
+        lines += ["", "Resident memory: " + ", ".join(f"{CONFIG_NAMES[k]} {v:,.0f} MiB" for k, v in rss.items())]
+    return "\n".join([*lines, "", *targets(cells, ceilings)]) + "\n"

@@ -8,6 +8,7 @@ Quick check: ``python -m benchmarks.run --duration 5 --repeats 1 --concurrency 8
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -36,6 +37,7 @@ from benchmarks.servers import (
     served_archives,
     wait_idle,
 )
+from stack import doc_sections
 from stack.torchserve import REPO
 from training.tasks import default_data_dir
 
@@ -72,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--plot", type=Path, default=REPO / "docs" / "benchmarks.png")
     p.add_argument("--json", type=Path, help="also write every raw run here")
+    p.add_argument(
+        "--readme", type=Path, help="also replace this README's bench:summary section (make bench: README.md)"
+    )
+    p.add_argument("--record", type=Path, help="also write the summary's figures here (make bench: docs/results/)")
     p.add_argument("--smoke", action="store_true", help="label the report as a smoke run (not results)")
     return p
 
@@ -252,6 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     report.plot(cells, ceilings, args.plot, title=title)
     args.out.write_text(render(args, cells, ceilings, rss, archives, conditions, argv), encoding="utf-8")
     print(f"[bench] wrote {args.out} and {args.plot}", flush=True)
+    if args.readme:
+        when = f"{started:%Y-%m-%d}, {args.repeats} repetition(s) of {args.duration:g} s"
+        when += " (SMOKE RUN: noisy, not results)" if args.smoke else ""
+        text = report.summary(cells, ceilings, rss, when=when)
+        if args.record:  # what tests/benchmarks/test_summary.py renders the README's section from again
+            args.record.parent.mkdir(parents=True, exist_ok=True)
+            figures = {"cells": [dataclasses.asdict(c) for c in cells], "ceilings": ceilings, "rss": rss, "when": when}
+            args.record.write_text(json.dumps(figures, indent=1) + "\n")
+        args.readme.write_text(doc_sections.replaced(args.readme.read_text(), "bench:summary", text))
+        print(f"[bench] wrote the bench:summary section of {args.readme}", flush=True)
     return 0
 
 

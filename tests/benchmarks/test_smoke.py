@@ -3,6 +3,7 @@ and `make soak` run, with the durations cut to one or two seconds."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import httpx
 import pytest
 
 from benchmarks import soak
+from benchmarks.report import Cell
+from benchmarks.report import summary as summary_of
 from benchmarks.servers import Naive
 from stack.torchserve import REPO, TorchServe
 from tests.gateway.server import running_gateway, settings_for
@@ -61,11 +64,13 @@ def test_the_benchmark_harness_writes_its_report_and_plot(tiny_store: Path, tmp_
     """`make bench` cut to one second per cell: naive baseline, TorchServe direct and the full stack each measured.
     The naive server with all threads and the peer (BentoML) have their own tests: on a busy machine the former can
     answer nothing within one second (its threads wait on each other), which says nothing about the harness."""
-    out, plot = tmp_path / "benchmarks.md", tmp_path / "benchmarks.png"
+    out, plot, readme = tmp_path / "benchmarks.md", tmp_path / "benchmarks.png", tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- bench:summary:begin -->\nthe last run\n<!-- bench:summary:end -->\n\nkept\n")
     cmd = [sys.executable, "-m", "benchmarks.run", "--model-store", str(tiny_store), "--duration", "1",
            "--warmup", "0", "--repeats", "1", "--concurrency", "1", "--ceiling-seconds", "0",
            "--endpoints", "generate", "--configs", "naive,torchserve,gateway",
-           "--out", str(out), "--plot", str(plot), "--smoke"]  # fmt: skip
+           "--out", str(out), "--plot", str(plot), "--readme", str(readme),
+           "--record", str(tmp_path / "bench.json"), "--smoke"]  # fmt: skip
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     report = out.read_text()
@@ -78,6 +83,16 @@ def test_the_benchmark_harness_writes_its_report_and_plot(tiny_store: Path, tmp_
     assert sorted(name for name, _ in rows) == ["TorchServe direct", "gateway (full stack)", "naive baseline"]
     assert all(int(requests) > 0 for _, requests in rows)
     assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    summary = readme.read_text()
+    assert "the last run" not in summary
+    assert summary.endswith("<!-- bench:summary:end -->\n\nkept\n")
+    assert "SMOKE RUN" in summary
+    figures = json.loads((tmp_path / "bench.json").read_text())
+    cells = [Cell(**cell) for cell in figures["cells"]]
+    assert summary.startswith(
+        f"# x\n\n<!-- bench:summary:begin -->\n{summary_of(cells, {}, figures['rss'], when=figures['when'])}"
+    )
+    assert re.search(r"^\| 1 client: p50 \| [\d.]+ ms \| [\d.]+ ms \| [\d.]+ ms \|$", summary, re.MULTILINE)
 
 
 def test_the_naive_server_runs_with_torchs_default_thread_count(tiny_models: dict[str, Path], tmp_path: Path) -> None:

@@ -330,9 +330,10 @@ METHOD = """
 version of each model in `model_store/`) and the same texts:
 
 1. **naive baseline** (`benchmarks/baselines/naive_server.py`): one uvicorn process, FastAPI, the model loaded at
-   start-up with the handler's own `load` and its PyTorch defaults (engine `torch`: every Linear int8, dynamic
-   quantization, one torch thread) and called inside the `async` endpoint per request, as the original projects
-   served their PyTorch models (with int8 added, which only makes the baseline faster);
+   start-up with the handler's own `load` on the engine `torch` (PyTorch's dynamic int8, one torch thread) with the
+   archive's own checked settings (the same Linear layers int8, the same ones fp32, the same temperature: the
+   quality the archive was checked for) and called inside the `async` endpoint per request, as the original
+   projects served their PyTorch models (with int8 added, which only makes the baseline faster);
 2. **naive baseline, all threads**: the same server with torch's default thread count (one per core), as a server
    that never sets it runs: each forward may use every core, still one request at a time;
 3. **BentoML (peer)** (`benchmarks/baselines/bentoml_service.py`, BentoML 1.4 from its own virtualenv `.venv-peer`,

@@ -1,10 +1,13 @@
 """The naive baseline, served the way the original projects did: one uvicorn process, FastAPI, the model loaded at
 start-up and called inside the endpoint, per request, on the event loop (no batching across requests).
 
-Same weights and the same int8 quantization as TorchServe's handler: the model is loaded with
-:func:`handlers.text_classification.load` and default :class:`~handlers.text_classification.Settings` from the
-same ``.mar`` (a zip with ``config.json``, the weights and the tokenizer files at its root) or from a
-``save_pretrained`` directory. Same contracts as the gateway: ``/generate``, ``/predict`` and their batch forms.
+Same weights and the same served model as TorchServe's handler, in PyTorch as the originals served it: the model is
+loaded with :func:`handlers.text_classification.load` from the same ``.mar`` (a zip with ``config.json``, the weights
+and the tokenizer files at its root) or from a ``save_pretrained`` directory, with the archive's own checked handler
+settings (its int8 granularity, the modules it keeps fp32, its temperature) on the ``torch`` engine: PyTorch's
+dynamic int8. So the baseline answers with the quality the archive was checked for, not with a cheaper, less
+accurate model (every layer int8 costs MPNet's CoLA model 0.08 MCC: docs/training.md). Same contracts as the
+gateway: ``/generate``, ``/predict`` and their batch forms.
 
     python -m benchmarks.baselines.naive_server --cola model_store/cola-1.0.mar \
         --sentiment model_store/sentiment-1.0.mar --port 8001
@@ -22,10 +25,11 @@ from pathlib import Path
 
 import torch
 import uvicorn
+import yaml
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
-from handlers.text_classification import Loaded, Settings, load, predict
+from handlers.text_classification import Loaded, Settings, load, predict, settings_from
 
 SETTINGS = Settings()
 
@@ -38,6 +42,16 @@ def model_dir(source: Path, scratch: Path) -> Path:
     with zipfile.ZipFile(source) as archive:
         archive.extractall(target)
     return target
+
+
+def served_in_torch(directory: Path, base: Settings) -> Settings:
+    """The archive's handler settings (``model-config.yaml``; none for a bare ``save_pretrained`` directory) on the
+    torch engine with ``base``'s thread count."""
+    config = directory / "model-config.yaml"
+    if not config.exists():
+        return base
+    served = settings_from((yaml.safe_load(config.read_text()) or {}).get("handler"))
+    return dataclasses.replace(served, engine="torch", num_threads=base.num_threads)
 
 
 class Passage(BaseModel):
@@ -64,7 +78,8 @@ def create_app(*, cola: Path | None, sentiment: Path | None, settings: Settings 
         with tempfile.TemporaryDirectory(prefix="naive-") as scratch:
             for name, source in (("cola", cola), ("sentiment", sentiment)):
                 if source is not None:
-                    models[name] = load(model_dir(source, Path(scratch)), settings=settings)
+                    directory = model_dir(source, Path(scratch))
+                    models[name] = load(directory, settings=served_in_torch(directory, settings))
                     predict(models[name], ["warm-up"], max_length=settings.max_length)
             yield
 

@@ -3,6 +3,7 @@ and `make soak` run, with the durations cut to one or two seconds."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -11,11 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from benchmarks import soak
+from benchmarks.baselines.naive_server import SETTINGS, model_dir, served_in_torch
 from benchmarks.report import Cell
 from benchmarks.report import summary as summary_of
 from benchmarks.servers import Naive
+from handlers.text_classification import settings_from
 from stack.torchserve import REPO, TorchServe
 from tests.gateway.server import running_gateway, settings_for
 
@@ -105,3 +109,12 @@ def test_the_naive_server_runs_with_torchs_default_thread_count(tiny_models: dic
         naive.stop()
     assert answer.status_code == 200, answer.text
     assert 0 <= answer.json()["prob"] <= 1
+
+
+def test_the_naive_server_serves_the_archives_checked_settings_in_torch(tiny_store: Path, tmp_path: Path) -> None:
+    """Same served model as the handler (its fp32 modules, granularity, temperature), on PyTorch's engine."""
+    directory = model_dir(tiny_store / "cola-1.0.mar", tmp_path)
+    handler = yaml.safe_load((directory / "model-config.yaml").read_text())["handler"]
+    served = served_in_torch(directory, dataclasses.replace(SETTINGS, num_threads=3))
+    assert served == dataclasses.replace(settings_from(handler), engine="torch", num_threads=3)
+    assert served_in_torch(tmp_path, SETTINGS) == SETTINGS  # a bare save_pretrained folder: the handler's defaults

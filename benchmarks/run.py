@@ -24,7 +24,7 @@ import psutil
 from benchmarks import ceiling, report
 from benchmarks.load import ENDPOINTS, LoadError, cola_sentences, require_wrk, review_texts, run_wrk, write_bodies
 from benchmarks.servers import Naive, ServerError, Stack, cpu_seconds, extract, rss_mib, served_archives, wait_idle
-from stack.torchserve import REPO
+from torchserve_protocol.layout import REPO
 from training.tasks import default_data_dir
 
 CONFIGS = ("naive", "torchserve", "gateway")

@@ -27,9 +27,9 @@ import psutil
 
 from benchmarks.load import cola_sentences, review_texts
 from gateway.aiohttp_transport import AiohttpTransport
+from torchserve_protocol.layout import REPO
 from training.tasks import default_data_dir
 
-REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "reliability.md"
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 MIX = ("/generate", "/predict", "/generate", "/predict", "/predict/batch")  # 2 : 2 : 1, batches of 4 reviews

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from stack.torchserve import REPO
+from torchserve_protocol.layout import REPO
 
 BEGIN, END = "<!-- examples:begin -->", "<!-- examples:end -->"
 TOLERANCE = 0.01  # the shown answers are rounded to 3 decimals; retraining on another CPU moves them a little

@@ -17,12 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stack.publish import main as publish
+from stack.publish import write_defaults
 from stack.torchserve import TorchServe
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.tiny_models import COLA_LABELS, make_tiny_classifier
 from training.package import package
-from training.publish import main as publish
-from training.publish import write_defaults
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from handlers.text_classification import load, predict, settings_from, to_response
-from stack.torchserve import REPO, TorchServe
+from stack.torchserve import TorchServe
 from tests.conftest import free_port, free_ports
+from torchserve_protocol.layout import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -22,13 +22,14 @@ from stack.publish import write_defaults
 from stack.torchserve import TorchServe
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.tiny_models import COLA_LABELS, make_tiny_classifier
+from torchserve_protocol.layout import REPO
 from training.package import package
 
 pytestmark = pytest.mark.integration
 
 PASSAGE = {"passage": "The dog is happy."}
 SPLIT_CHECK_S = 0.2
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "canary-dashboard.json"
+DASHBOARD = REPO / "deploy" / "grafana" / "canary-dashboard.json"
 V2_METRICS = {"best_validation": {"mcc": 0.25, "accuracy": 0.7}}
 
 

@@ -24,6 +24,7 @@ RUN groupadd --system --gid 10001 app \
 FROM python AS gateway
 COPY requirements/gateway.txt requirements/
 RUN pip install -r requirements/gateway.txt && pip check
+COPY --chown=root:root torchserve_protocol/ torchserve_protocol/
 COPY --chown=root:root gateway/ gateway/
 USER gateway
 EXPOSE 8000
@@ -58,10 +59,10 @@ RUN mkdir -p /app/model_store /app/artifacts /run/ts /run/keys \
 # The code, root-owned and read-only to the users; its own stage so a code change rebuilds no dependency layer.
 FROM scratch AS code
 COPY pyproject.toml config.properties /app/
+COPY torchserve_protocol/ /app/torchserve_protocol/
 COPY stack/ /app/stack/
 COPY handlers/ /app/handlers/
 COPY training/ /app/training/
-COPY gateway/__init__.py gateway/store_files.py gateway/keys.py /app/gateway/
 COPY docker/ready.py /app/docker/ready.py
 
 FROM ml AS train

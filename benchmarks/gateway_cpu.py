@@ -20,14 +20,15 @@ from pathlib import Path
 
 from benchmarks.load import ENDPOINTS, cola_sentences, run_wrk, write_bodies
 from benchmarks.servers import cpu_seconds, free_ports, tree, wait_idle
-from stack.torchserve import REPO, stop_process_group, wait_http
+from stack.torchserve import stop_process_group, wait_http
+from torchserve_protocol.layout import REPO, key_file_in
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inference-url", default="http://127.0.0.1:8080")
     parser.add_argument("--management-url", default="http://127.0.0.1:8081")
-    parser.add_argument("--key-file", type=Path, default=REPO / "run" / "torchserve" / "key_file.json")
+    parser.add_argument("--key-file", type=Path, default=key_file_in(REPO / "run"))
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", REPO.parent / "shared/data")))
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)

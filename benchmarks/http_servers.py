@@ -22,7 +22,8 @@ from pathlib import Path
 import psutil
 
 from benchmarks.servers import cpu_seconds, free_ports, tree, wait_idle
-from stack.torchserve import REPO, stop_process_group, wait_http
+from stack.torchserve import stop_process_group, wait_http
+from torchserve_protocol.layout import REPO
 
 APP = "gateway.app:create_app"
 FLOOD_MAX = 4 * 1_048_576

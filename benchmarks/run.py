@@ -38,7 +38,7 @@ from benchmarks.servers import (
     wait_idle,
 )
 from stack import doc_sections
-from stack.torchserve import REPO
+from torchserve_protocol.layout import REPO
 from training.tasks import default_data_dir
 
 CONFIGS = ("naive", "naive-threads", "bentoml", "torchserve", "gateway")

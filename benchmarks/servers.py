@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import subprocess
@@ -15,8 +14,11 @@ from pathlib import Path
 
 import psutil
 
-from stack.management import archives_in, chosen_defaults
-from stack.torchserve import REPO, StackError, stop_process_group, wait_http
+from stack.torchserve import StackError, stop_process_group, wait_http
+from torchserve_protocol.archives import archives_in
+from torchserve_protocol.keys import read_key
+from torchserve_protocol.layout import REPO, key_file_in
+from torchserve_protocol.store import chosen_default, read_defaults
 
 ServerError = StackError  # a configuration failed to start or answer
 
@@ -37,11 +39,11 @@ def free_ports(n: int) -> list[int]:
 def served_archives(store: Path) -> dict[str, Path]:
     """``{model name: archive}``: the default version of each model (``defaults.json``, else the newest)."""
     archives = archives_in(store)  # sorted by name, then version
-    chosen = chosen_defaults(store)
+    chosen = read_defaults(store)
     picked: dict[str, Path] = {}
     for name in dict.fromkeys(a.name for a in archives):
         versions = {a.version: a.path for a in archives if a.name == name}
-        picked[name] = versions.get(chosen.get(name, ""), list(versions.values())[-1])
+        picked[name] = versions[chosen_default(list(versions), chosen.get(name))]
     return picked
 
 
@@ -226,8 +228,7 @@ class Stack:
         wait_http(f"{self.gateway_url}/ready", timeout=timeout)
 
     def inference_key(self) -> str:
-        data = json.loads((self.run_dir / "torchserve" / "key_file.json").read_text())
-        return str(data["inference"]["key"])
+        return read_key(key_file_in(self.run_dir), "inference").value
 
     def _pid(self, name: str) -> int | None:
         try:

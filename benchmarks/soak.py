@@ -28,9 +28,9 @@ import psutil
 from benchmarks.load import cola_sentences, review_texts
 from gateway.aiohttp_transport import AiohttpTransport
 from stack import doc_sections
+from torchserve_protocol.layout import REPO
 from training.tasks import default_data_dir
 
-REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "reliability.md"
 SECTION = "soak"  # docs/reliability.md's generated section (stack.doc_sections)
 BEGIN, END = doc_sections.markers(SECTION)

@@ -13,18 +13,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stack.management import Management, ManagementError, archives_in
-from stack.run_dir import run_dir_of
-
-
-def own_key_file() -> Path:
-    """The key file of the TorchServe in this container: ``RUN_DIR`` expanded as the launcher expands it."""
-    return run_dir_of(os.environ.get("RUN_DIR", "run")) / "torchserve" / "key_file.json"
+from stack.management import Management, ManagementError
+from torchserve_protocol.archives import archives_in
+from torchserve_protocol.layout import default_model_store, default_run_dir_template, key_file_in, run_dir_of
 
 
 def main() -> int:
-    store = Path(os.environ.get("MODEL_STORE", "model_store"))
-    key_file = own_key_file()
+    store = default_model_store()
+    key_file = key_file_in(run_dir_of(default_run_dir_template()))  # this container's TorchServe, not $KEY_FILE
     names = sorted({archive.name for archive in archives_in(store)})
     management = Management(os.environ.get("MANAGEMENT_URL", "http://127.0.0.1:8081"), key_file, timeout=3.0)
     try:

@@ -19,7 +19,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.aiohttp_transport import AiohttpTransport
-from gateway.canary import VersionChooser
+from gateway.canary import SplitWatcher, VersionChooser
 from gateway.catalogue import Catalogue
 from gateway.errors import GatewayError, handle_error
 from gateway.metrics import Metrics, MetricsMiddleware
@@ -28,7 +28,6 @@ from gateway.replicas import Resolve, resolve_all
 from gateway.request_id import RequestIdMiddleware
 from gateway.routes import build_router
 from gateway.settings import Settings, load_settings
-from gateway.store_files import SplitWatcher
 from gateway.torchserve import TorchServeClient
 
 log = logging.getLogger("gateway")

@@ -1,5 +1,5 @@
 """Which version serves an inference request: the client's pinned version, else the canary's share of the split
-(``canary.json``, :mod:`gateway.store_files`), else TorchServe's default.
+(``canary.json``, :mod:`torchserve_protocol.store`), else TorchServe's default.
 
 Without a client key the split is a deterministic interleave per model: of every N unpinned requests a gateway
 process sends exactly ``floor(N * percent / 100)`` (within one) to the canary, spread evenly, so the share is exact
@@ -11,15 +11,19 @@ percentage does not change (and moves only towards the canary when it grows).
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from gateway.store_files import BASIS_POINTS, SplitWatcher
+from torchserve_protocol.store import BASIS_POINTS, SPLIT_FILE, Canary, SplitFileError, read_split
 
 CLIENT_KEY_HEADER = "X-Client-Key"
 CLIENT_KEY_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 Role = Literal["default", "canary", "pinned"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,44 @@ class Choice:
 
 
 DEFAULT = Choice(version=None, role="default")
+
+
+class SplitWatcher:
+    """The split as the gateway sees it: the file is stat-ed at most once per ``check_s`` and re-read only when its
+    modification time, size or inode changed. An unreadable or invalid file keeps the last good split (logged once,
+    and kept in :attr:`error`). With no store configured there is never a canary."""
+
+    def __init__(self, store: Path | None, *, check_s: float = 1.0) -> None:
+        self.path = store / SPLIT_FILE if store is not None else None
+        self.check_s = check_s
+        self.split: dict[str, Canary] = {}
+        self.error: str | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked = float("-inf")
+
+    def current(self) -> dict[str, Canary]:
+        now = time.monotonic()
+        if self.path is None or now - self._checked < self.check_s:
+            return self.split
+        self._checked = now
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self.split, self._stamp, self.error = {}, None, None
+            return self.split
+        except OSError as exc:
+            self.error = f"cannot stat {self.path}: {exc.strerror}"
+            return self.split
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if stamp != self._stamp:
+            try:
+                self.split = read_split(self.path.parent)
+                self._stamp, self.error = stamp, None
+            except (OSError, SplitFileError) as exc:
+                if self.error != str(exc):
+                    log.warning("keeping the last good canary split: %s", exc)
+                self.error = str(exc)
+        return self.split
 
 
 def slot_of(model: str, client_key: str) -> int:

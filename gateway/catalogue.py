@@ -16,14 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.schemas import ModelInfo, ModelsResponse, VersionInfo
-from gateway.store_files import ARCHIVE_RE, DEFAULTS_FILE, SplitFileError, read_split
+from torchserve_protocol.archives import ARCHIVE_RE, version_key
+from torchserve_protocol.store import ModelDefault, SplitFileError, chosen_default, read_defaults, read_split
 
 MAX_ARCHIVES = 256
 MAX_MEMBER_BYTES = 1_048_576
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
 
 
 def _member(archive: zipfile.ZipFile, name: str) -> Any:
@@ -74,14 +71,11 @@ class Catalogue:
             self._cache[path] = cached
         return cached[1]
 
-    def _defaults(self) -> dict[str, str]:
+    def _defaults(self) -> dict[str, ModelDefault]:
         try:
-            data = json.loads((self.store / DEFAULTS_FILE).read_text())
+            return read_defaults(self.store)
         except (OSError, ValueError):
             return {}
-        if not isinstance(data, dict):
-            return {}
-        return {str(k): str(v.get("default") if isinstance(v, dict) else v) for k, v in data.items()}
 
     def read(self) -> ModelsResponse:
         """The catalogue now (file reads: call it in a thread). ``OSError`` when the store cannot be listed."""
@@ -102,13 +96,12 @@ class Catalogue:
             split = {}
         models = []
         for name, archives in sorted(found.items()):
-            versions = sorted(archives, key=_version_key)
-            default = defaults.get(name) if defaults.get(name) in archives else versions[-1]
+            versions = sorted(archives, key=version_key)
             canary = split.get(name)
             models.append(
                 ModelInfo(
                     name=name,
-                    default=default or versions[-1],
+                    default=chosen_default(versions, defaults.get(name)),
                     canary=canary.version if canary else None,
                     canary_percent=canary.percent if canary else 0.0,
                     versions=[self._version(archives[v], v) for v in versions],

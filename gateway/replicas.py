@@ -1,21 +1,30 @@
-"""Which TorchServe replicas exist (given in the settings, or discovered in DNS) and which one serves next.
+"""Which TorchServe replicas exist (given in the settings, or discovered in DNS), which one serves next, and how
+one is spoken to.
 
-Nothing here talks to TorchServe: :class:`Upstream` is an address triple, :class:`Rotation` a round-robin with
-down marks, :func:`discover` one DNS look-up. :mod:`gateway.torchserve` builds one client per upstream on top.
+:class:`Upstream` is an address triple, :class:`Rotation` a round-robin with down marks, :func:`discover` one DNS
+look-up, and :class:`Replica` one upstream with its own key file: every call carries its key, and a rejected key
+is refreshed by the project's one policy (:mod:`torchserve_protocol.keys`) and the call retried once.
+:mod:`gateway.torchserve` spreads requests over the replicas and translates what they answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
+
 from gateway.settings import HOST_PLACEHOLDER, Settings
+from torchserve_protocol.keys import TOKEN_PATH, KeyFile, KeyKind, bearer, fresh_key_async, is_invalid_key
+
+log = logging.getLogger(__name__)
 
 Resolve = Callable[[str], Awaitable[list[str]]]
 Member = TypeVar("Member", bound=Hashable)
@@ -112,3 +121,71 @@ class Rotation(Generic[Member]):
         start = self._turn % len(up)
         self._turn += 1
         return up[start:] + up[:start]
+
+
+class Replica:
+    """One TorchServe replica: its addresses, its own key file and its own key retry/renewal."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.settings = settings
+        self.http = http
+        self.transport = transport
+        self.timeouts = http.timeout.as_dict()
+        self.keys = KeyFile(upstream.key_file)
+        self._renew_lock = asyncio.Lock()
+
+    async def send(self, method: str, path: str, *, kind: KeyKind, **kwargs: Any) -> httpx.Response:
+        """Send to the inference (``kind="inference"``) or management API of this replica (see :meth:`_send`)."""
+        base = self.upstream.inference_base if kind == "inference" else self.upstream.management_base
+        return await self._send(method, f"{base}{path}", kind=kind, **kwargs)
+
+    async def _send(self, method: str, url: str, *, kind: KeyKind, **kwargs: Any) -> httpx.Response:
+        """Send with the cached key; on TorchServe's invalid-key answer fetch a fresh key and retry exactly once."""
+        headers = dict(kwargs.pop("headers", {}))
+        key = self.keys.get(kind).value
+        response = await self._request(method, url, {**headers, **bearer(key)}, **kwargs)
+        if not is_invalid_key(response.status_code, response.content):
+            return response
+
+        async def renew() -> None:
+            await self._renew(kind, rejected=key)
+
+        fresh = await fresh_key_async(
+            self.keys, kind, rejected=key, wait_s=self.settings.key_refresh_wait_s,
+            renew=renew if self.settings.renew_expired_keys else None,
+        )  # fmt: skip
+        log.info("TorchServe rejected the %s key; retrying once with the key re-read from the file", kind)
+        return await self._request(method, url, {**headers, **bearer(fresh)}, **kwargs)
+
+    async def _request(self, method: str, url: str, headers: dict[str, str], **kwargs: Any) -> httpx.Response:
+        """Straight to the transport when there is one: httpx's client layer (URL merging, default headers, cookie
+        jar, auth and redirect flows) does nothing here and costs CPU on every proxied request (docs/performance.md).
+        Same request, timeouts and exceptions as ``http.request``, which still serves calls with query parameters."""
+        if self.transport is None or kwargs.keys() - {"content"}:
+            return await self.http.request(method, url, headers=headers, **kwargs)
+        request = httpx.Request(
+            method, url, headers=headers, content=kwargs.get("content"), extensions={"timeout": self.timeouts}
+        )
+        response = await self.transport.handle_async_request(request)
+        await response.aread()
+        return response
+
+    async def _renew(self, kind: KeyKind, *, rejected: str) -> None:
+        """``POST /token?type=<kind>`` with the API key: TorchServe makes a new key and rewrites the file."""
+        async with self._renew_lock:
+            if self.keys.reload(kind).value != rejected:
+                return  # renewed meanwhile (by this process or another one)
+            api_key = self.keys.reload("API").value
+            log.info("the %s key in %s has expired; asking TorchServe for a new one", kind, self.keys.path)
+            response = await self.http.post(
+                f"{self.upstream.management_base}{TOKEN_PATH}", params={"type": kind}, headers=bearer(api_key)
+            )
+            if response.status_code != 200:
+                log.warning("renewing the %s key failed: TorchServe answered %d", kind, response.status_code)

@@ -21,7 +21,6 @@ from gateway.errors import GatewayError, ModelVersionNotFound, Unavailable
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.model_metrics import UNKNOWN
 from gateway.schemas import (
-    VERSION_PATTERN,
     ErrorResponse,
     GenerateBatchRequest,
     GenerateBatchResponse,
@@ -41,6 +40,7 @@ from gateway.schemas import (
 )
 from gateway.settings import Settings
 from gateway.torchserve import Prediction, TorchServeClient
+from torchserve_protocol.archives import VERSION_PATTERN
 
 MODEL_VERSION_HEADER = "X-Model-Version"
 _Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])

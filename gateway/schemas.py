@@ -15,12 +15,11 @@ from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from gateway.errors import BadGateway
-from gateway.settings import HANDLER_MAX_CHARS, HANDLER_MAX_TEXTS
+from torchserve_protocol.limits import HANDLER_MAX_CHARS, HANDLER_MAX_TEXTS
 
 ACCEPTABLE = "acceptable"  # the cola label whose probability is /generate's "prob"
 SENTIMENTS = ("negative", "neutral", "positive")
 Sentiment = Literal["negative", "neutral", "positive"]
-VERSION_PATTERN = r"^\d+(\.\d+){0,2}$"  # TorchServe archive versions as training/package.py writes them
 
 _Model = TypeVar("_Model", bound=BaseModel)
 _Request = TypeVar("_Request", bound="_Strict")

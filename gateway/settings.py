@@ -12,15 +12,11 @@ from typing import Annotated, Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO = Path(__file__).resolve().parent.parent
-ENV_PREFIX = "GATEWAY_"
-MODEL_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+from torchserve_protocol.archives import MODEL_NAME_PATTERN
+from torchserve_protocol.layout import REPO, key_file_in
+from torchserve_protocol.limits import HANDLER_MAX_CHARS, HANDLER_MAX_TEXTS, TORCHSERVE_MAX_REQUEST_BYTES
 
-# Limits of the handler (handlers/text_classification.py, Settings): the gateway must never be looser.
-HANDLER_MAX_CHARS = 20_000
-HANDLER_MAX_TEXTS = 64
-# TorchServe's max_request_size (config.properties): what the gateway forwards must fit in it.
-TORCHSERVE_MAX_REQUEST_BYTES = 1_048_576
+ENV_PREFIX = "GATEWAY_"
 
 Seconds = Annotated[float, Field(gt=0, le=600)]
 HOST_PLACEHOLDER = "{host}"  # in key_file when replicas are discovered: replaced by each replica's address
@@ -62,16 +58,16 @@ class Settings(BaseSettings):
         description="TorchServe management API base URL (readiness: worker status; renewing expired keys).",
     )
     key_file: Path = Field(
-        default=REPO / "run" / "torchserve" / "key_file.json",
+        default=key_file_in(REPO / "run"),
         description="TorchServe's key_file.json (keys 'inference', 'management', 'API'); a relative path is taken "
         "from the repository root. It may be missing at start-up: requests answer 503 until TorchServe writes it.",
     )
     generate_model: str = Field(
-        default="cola", pattern=MODEL_NAME, description="TorchServe model behind POST /generate (labels must "
+        default="cola", pattern=MODEL_NAME_PATTERN, description="TorchServe model behind POST /generate (labels must "
         "include 'acceptable')."
     )  # fmt: skip
     predict_model: str = Field(
-        default="sentiment", pattern=MODEL_NAME, description="TorchServe model behind POST /predict (labels "
+        default="sentiment", pattern=MODEL_NAME_PATTERN, description="TorchServe model behind POST /predict (labels "
         "'negative', 'neutral', 'positive')."
     )  # fmt: skip
     max_text_chars: int = Field(

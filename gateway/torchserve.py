@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -47,15 +46,14 @@ from gateway.errors import (
     Unavailable,
     UpstreamTimeout,
 )
-from gateway.keys import KeyFile, KeyFileError, KeyKind
 from gateway.metrics import Metrics
-from gateway.replicas import Resolve, Rotation, Upstream, discover, given, resolve_all
+from gateway.replicas import Replica, Resolve, Rotation, Upstream, discover, given, resolve_all
 from gateway.request_id import REQUEST_ID_HEADER, current_request_id
 from gateway.settings import Settings
+from torchserve_protocol.keys import KeyFileError
 
 log = logging.getLogger(__name__)
 
-KEY_POLL_S = 0.05
 MAX_MESSAGE_CHARS = 300
 # Failures that prove the request never reached TorchServe: safe to send it to another replica.
 NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, KeyFileError)
@@ -87,11 +85,6 @@ def _error_of(response: httpx.Response) -> tuple[str, str]:
 
 
 READY_PROBE_BODY = b'{"text": "ready"}'
-
-
-def is_invalid_key(response: httpx.Response) -> bool:
-    """TorchServe answers a missing, expired or rotated key with 400 ``InvalidKeyException`` (not 401)."""
-    return response.status_code in (400, 401) and b"InvalidKey" in response.content
 
 
 @asynccontextmanager
@@ -167,92 +160,6 @@ class Readiness:
     models: dict[str, str]  # per model: "READY" (on some replica), or why not (on the first replica)
     replicas_ready: int
     replicas: int
-
-
-class Replica:
-    """One TorchServe replica: its addresses, its own key file and its own key retry/renewal."""
-
-    def __init__(
-        self,
-        upstream: Upstream,
-        settings: Settings,
-        http: httpx.AsyncClient,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.upstream = upstream
-        self.settings = settings
-        self.http = http
-        self.transport = transport
-        self.timeouts = http.timeout.as_dict()
-        self.keys = KeyFile(upstream.key_file)
-        self._renew_lock = asyncio.Lock()
-
-    async def send(self, method: str, path: str, *, kind: KeyKind, **kwargs: Any) -> httpx.Response:
-        """Send to the inference (``kind="inference"``) or management API of this replica (see :meth:`_send`)."""
-        base = self.upstream.inference_base if kind == "inference" else self.upstream.management_base
-        return await self._send(method, f"{base}{path}", kind=kind, **kwargs)
-
-    async def _send(self, method: str, url: str, *, kind: KeyKind, **kwargs: Any) -> httpx.Response:
-        """Send with the cached key; on TorchServe's invalid-key answer fetch a fresh key and retry exactly once."""
-        headers = dict(kwargs.pop("headers", {}))
-        key = self.keys.get(kind).value
-        headers["Authorization"] = f"Bearer {key}"
-        response = await self._request(method, url, headers, **kwargs)
-        if not is_invalid_key(response):
-            return response
-        fresh = await self._fresh_key(kind, rejected=key)
-        log.info("TorchServe rejected the %s key; retrying once with the key re-read from the file", kind)
-        headers["Authorization"] = f"Bearer {fresh}"
-        return await self._request(method, url, headers, **kwargs)
-
-    async def _request(self, method: str, url: str, headers: dict[str, str], **kwargs: Any) -> httpx.Response:
-        """Straight to the transport when there is one: httpx's client layer (URL merging, default headers, cookie
-        jar, auth and redirect flows) cost ~0.2 ms of CPU per proxied request and does nothing here. Same request,
-        timeouts and exceptions as ``http.request``, which still serves calls with query parameters."""
-        if self.transport is None or kwargs.keys() - {"content"}:
-            return await self.http.request(method, url, headers=headers, **kwargs)
-        request = httpx.Request(
-            method, url, headers=headers, content=kwargs.get("content"), extensions={"timeout": self.timeouts}
-        )
-        response = await self.transport.handle_async_request(request)
-        await response.aread()
-        return response
-
-    async def _fresh_key(self, kind: KeyKind, *, rejected: str) -> str:
-        """Poll the key file (briefly) for a key other than ``rejected``; renew it when the file's key has expired."""
-        deadline = time.monotonic() + self.settings.key_refresh_wait_s
-        renewed = False
-        while True:
-            try:
-                key = self.keys.reload(kind)
-            except KeyFileError:
-                if time.monotonic() >= deadline:
-                    raise
-            else:
-                if key.value != rejected:
-                    return key.value
-                if key.expired() and self.settings.renew_expired_keys and not renewed:
-                    await self._renew(kind, rejected=rejected)
-                    renewed = True
-                    continue
-                if time.monotonic() >= deadline:
-                    return key.value  # the retry will be rejected too and answer 503
-            await asyncio.sleep(KEY_POLL_S)
-
-    async def _renew(self, kind: KeyKind, *, rejected: str) -> None:
-        """``POST /token?type=<kind>`` with the API key: TorchServe makes a new key and rewrites the file."""
-        async with self._renew_lock:
-            if self.keys.reload(kind).value != rejected:
-                return  # renewed meanwhile (by this process or another one)
-            api_key = self.keys.reload("API").value
-            log.info("the %s key in %s has expired; asking TorchServe for a new one", kind, self.keys.path)
-            response = await self.http.post(
-                f"{self.upstream.management_base}/token",
-                params={"type": kind},
-                headers={"Authorization": f"Bearer {api_key}"},
-            )
-            if response.status_code != 200:
-                log.warning("renewing the %s key failed: TorchServe answered %d", kind, response.status_code)
 
 
 class TorchServeClient:

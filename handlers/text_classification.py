@@ -27,6 +27,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from handlers.onnx_engine import ONNX_FILE, OnnxClassifier
+from torchserve_protocol.limits import HANDLER_MAX_CHARS, HANDLER_MAX_TEXTS
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ class Settings:
     activations: str = "dynamic"
     temperature: float = 1.0  # softmax(logits / temperature): fitted on validation at training (calibration)
     keep_fp32: tuple[str, ...] = ()  # module-name prefixes left in fp32 (e.g. "classifier")
-    max_texts: int = 64  # texts per request
-    max_chars: int = 20_000  # characters per text
+    max_texts: int = HANDLER_MAX_TEXTS  # texts per request
+    max_chars: int = HANDLER_MAX_CHARS  # characters per text
     warmup: bool = True  # one forward pass at load time, so the first request is not slow
 
 

@@ -25,9 +25,10 @@ from pathlib import Path
 
 from stack.gateway import Gateway
 from stack.inference_key import InferenceKeyPublisher
-from stack.management import Management, ManagementError, archives_in, register_store
-from stack.run_dir import IP_PLACEHOLDER, run_dir_of
-from stack.torchserve import REPO, Ports, StackError, TorchServe
+from stack.management import Management, ManagementError, register_store
+from stack.torchserve import Ports, StackError, TorchServe
+from torchserve_protocol.archives import archives_in
+from torchserve_protocol.layout import IP_PLACEHOLDER, REPO, default_model_store, default_run_dir_template, run_dir_of
 
 DEFAULT_TASKS = ("cola", "sentiment")
 
@@ -49,13 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model-store",
         type=Path,
-        default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")),
+        default=default_model_store(),
         help="the .mar archives and defaults.json (env MODEL_STORE)",
     )
     parser.add_argument(
         "--run-dir",
         type=run_dir_of,
-        default=os.environ.get("RUN_DIR", str(REPO / "run")),
+        default=default_run_dir_template(),
         help=f"pid files, key file and logs (env RUN_DIR); {IP_PLACEHOLDER} is replaced by this host's address",
     )
     parser.add_argument(

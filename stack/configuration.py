@@ -23,8 +23,9 @@ import stack.__main__ as stack_main
 from gateway.__main__ import build_parser as gateway_parser
 from gateway.settings import ENV_PREFIX, Settings
 from stack.__main__ import build_parser as stack_parser
-from stack.torchserve import REPO, Ports
-from training.publish import build_parser as publish_parser
+from stack.publish import build_parser as publish_parser
+from stack.torchserve import Ports
+from torchserve_protocol.layout import REPO
 
 DOC = REPO / "docs" / "configuration.md"
 MAKEFILE = REPO / "Makefile"
@@ -174,7 +175,7 @@ def render() -> str:
             ),
             *settings_section(),
             *parser_section(
-                "The publish CLI: `python -m training.publish`",
+                "The publish CLI: `python -m stack.publish`",
                 publish_parser(),
                 "Versions through TorchServe's management API (docs/deployment.md). Options go before the command.",
             ),

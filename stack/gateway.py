@@ -8,7 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.torchserve import REPO, StackError, TorchServe, pid_from, stop_started, wait_http
+from stack.torchserve import StackError, TorchServe, pid_from, stop_started, wait_http
+from torchserve_protocol.layout import REPO
 
 
 def same_setting(name: str, a: str, b: str) -> bool:

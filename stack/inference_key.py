@@ -2,16 +2,14 @@
 
 TorchServe's ``key_file.json`` holds three keys: management (register, scale, set-default), inference and API (it
 makes new keys and never expires). The gateway needs only the inference key, so the TorchServe container's launcher
-copies that one entry to ``INFERENCE_KEY_FILE`` (``{"inference": {"key": ..., "expiration time": ...}}``, mode 644,
-written atomically) on a volume the gateway mounts read-only, and keeps it current: it renews the key with the API
-key (``POST /token?type=inference``) before it expires and rewrites the copy whenever TorchServe's file changes.
+copies that one entry to ``INFERENCE_KEY_FILE`` (``{"inference": {"key": ..., "expiration time": ...}}``, the key
+file's own format, mode 644, written atomically) on a volume the gateway mounts read-only, and keeps it current: it
+renews the key with the API key (``POST /token?type=inference``) before it expires and rewrites the copy whenever
+TorchServe's file changes.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,25 +17,8 @@ from typing import Any
 
 import httpx
 
-from gateway.keys import parse_expiry
-from stack.management import ManagementError, read_key
-
-
-def expires_at(entry: dict[str, Any]) -> datetime | None:
-    return parse_expiry(entry.get("expiration time"))
-
-
-def write_atomically(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".inference-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from torchserve_protocol.json_files import write_atomically
+from torchserve_protocol.keys import KEY_POLL_S, TOKEN_PATH, KeyFileError, bearer, parse_expiry, read_entry, read_key
 
 
 class InferenceKeyPublisher:
@@ -55,18 +36,14 @@ class InferenceKeyPublisher:
         self._checked = -float("inf")
 
     def inference_entry(self) -> dict[str, Any]:
-        entry: dict[str, Any] = json.loads(self.key_file.read_text())["inference"]
-        return entry
+        return read_entry(self.key_file, "inference")
 
     def renew(self) -> None:
         """Ask TorchServe for a new inference key; returns once its file holds it (TorchServe switches first)."""
         old = self.inference_entry().get("key")
-        api_key = read_key(self.key_file, "API")
+        api_key = read_key(self.key_file, "API").value
         response = httpx.post(
-            f"{self.management_url}/token",
-            params={"type": "inference"},
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=10.0,
+            f"{self.management_url}{TOKEN_PATH}", params={"type": "inference"}, headers=bearer(api_key), timeout=10.0
         )
         response.raise_for_status()
         deadline = time.monotonic() + 5.0
@@ -74,9 +51,9 @@ class InferenceKeyPublisher:
             try:
                 if self.inference_entry().get("key") != old:
                     return
-            except (OSError, ValueError, KeyError):
+            except KeyFileError:
                 pass  # TorchServe rewrites the file in place
-            time.sleep(0.05)
+            time.sleep(KEY_POLL_S)
 
     def tick(self, *, now: datetime | None = None) -> None:
         """At most every ``every_s``: renew when close to expiry, then publish the entry if it changed."""
@@ -85,14 +62,14 @@ class InferenceKeyPublisher:
         self._checked = time.monotonic()
         try:
             entry = self.inference_entry()
-        except (OSError, ValueError, KeyError):
+        except KeyFileError:
             return  # being rewritten: next tick
-        expiry = expires_at(entry)
+        expiry = parse_expiry(entry.get("expiration time"))
         if expiry is not None and (expiry - (now or datetime.now(UTC))).total_seconds() < self.renew_before_s:
             try:
                 self.renew()
                 entry = self.inference_entry()
-            except (httpx.HTTPError, ManagementError, OSError, ValueError, KeyError) as exc:
+            except (httpx.HTTPError, KeyFileError) as exc:
                 print(f"[stack] renewing the inference key failed ({exc}); retrying in {self.every_s:.0f}s", flush=True)
                 return
         if entry != self._written:

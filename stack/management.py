@@ -1,24 +1,24 @@
 """A small synchronous client for TorchServe's management API (register, set default, scale, readiness).
 
-Used by the launcher (register every archive in the store at start-up) and by the publish CLI. Every call sends
-the management key read fresh from ``key_file.json`` when TorchServe rejects the cached one (keys expire, and
-``POST /token`` rotates them).
+Used by the launcher (register every archive in the store at start-up), the container healthcheck and the publish
+CLI. Every call sends the management key of ``key_file.json``, refreshed when TorchServe rejects the cached one (keys
+expire, and ``POST /token`` rotates them).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from gateway.store_files import ARCHIVE_RE, DEFAULTS_FILE
+from torchserve_protocol.archives import archives_in
+from torchserve_protocol.keys import TOKEN_PATH, KeyFile, KeyFileError, KeyKind, bearer, fresh_key, is_invalid_key
+from torchserve_protocol.store import chosen_default, read_defaults
 
-__all__ = ["ARCHIVE_RE", "DEFAULTS_FILE", "Management", "ManagementError", "register_store", "version_key"]
+KEY_WAIT_S = 2.0  # how long to poll a key file that is missing or being rewritten (TorchServe truncates, then writes)
 
 
 class ManagementError(RuntimeError):
@@ -27,59 +27,14 @@ class ManagementError(RuntimeError):
         self.status = status
 
 
-@dataclass(frozen=True)
-class Archive:
-    path: Path
-    name: str
-    version: str
-
-
-def version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
-
-
-def archives_in(store: Path) -> list[Archive]:
-    """Archives named ``<name>-<version>.mar`` in the store, by name then version."""
-    found = [
-        Archive(path=p, name=m.group("name"), version=m.group("version"))
-        for p in store.glob("*.mar")
-        if (m := ARCHIVE_RE.match(p.name))
-    ]
-    return sorted(found, key=lambda a: (a.name, version_key(a.version)))
-
-
-def chosen_defaults(store: Path) -> dict[str, str]:
-    path = store / DEFAULTS_FILE
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    return {str(k): str(v["default"] if isinstance(v, dict) else v) for k, v in data.items()}
-
-
-def is_invalid_key(response: httpx.Response) -> bool:
-    """TorchServe answers a missing, expired or rotated key with 400 InvalidKeyException (not 401)."""
-    return response.status_code in (400, 401) and "InvalidKey" in response.text
-
-
-def read_key(key_file: Path, kind: str, *, timeout: float = 2.0) -> str:
-    """One key from ``key_file.json``; polls briefly, as TorchServe truncates and rewrites the file on rotation."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return str(json.loads(key_file.read_text())[kind]["key"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            if time.monotonic() > deadline:
-                raise ManagementError(f"cannot read the {kind} key from {key_file}: {type(exc).__name__}") from None
-        time.sleep(0.05)
-
-
 class Management:
-    """Management API calls with the management key of ``key_file``: re-read once when TorchServe rejects the
-    cached key (rotated), and renewed with the API key (``POST /token``) when the file's key has expired."""
+    """Management API calls with the management key of ``key_file``. A rejected key is refreshed as every client
+    here does it (:class:`torchserve_protocol.keys.KeyRefresh`: re-read when rotated, renewed with the API key when
+    the file's key has expired) and the call retried once."""
 
     def __init__(self, base_url: str, key_file: Path, *, timeout: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.key_file = key_file
+        self.keys = KeyFile(key_file)
         self._key: str | None = None
         self.timeout = timeout
 
@@ -89,24 +44,29 @@ class Management:
                 method,
                 f"{self.base_url}{path}",
                 params={k: v for k, v in params.items() if v is not None},
-                headers={"Authorization": f"Bearer {key}"},
+                headers=bearer(key),
                 timeout=timeout,
             )
         except httpx.HTTPError as exc:
             raise ManagementError(f"TorchServe management API at {self.base_url} unreachable: {exc}") from exc
 
+    def _read_key(self, kind: KeyKind, *, rejected: str | None = None, renew: Callable[[], None] | None = None) -> str:
+        try:
+            return fresh_key(self.keys, kind, rejected=rejected, wait_s=KEY_WAIT_S, renew=renew)
+        except KeyFileError as exc:
+            raise ManagementError(str(exc)) from None
+
+    def _renew(self, timeout: float) -> None:
+        """``POST /token?type=management`` with the API key: TorchServe makes a new key and rewrites the file."""
+        self._send("POST", TOKEN_PATH, self._read_key("API"), timeout, {"type": "management"})
+
     def request(self, method: str, path: str, *, timeout: float | None = None, **params: Any) -> httpx.Response:
         timeout = timeout or self.timeout
         if self._key is None:
-            self._key = read_key(self.key_file, "management")
+            self._key = self._read_key("management")
         response = self._send(method, path, self._key, timeout, params)
-        if is_invalid_key(response):  # rotated: the file has the new key
-            self._key = read_key(self.key_file, "management")
-            response = self._send(method, path, self._key, timeout, params)
-        if is_invalid_key(response):  # expired: ask for a new one with the API key, which never expires
-            api_key = read_key(self.key_file, "API")
-            self._send("POST", "/token", api_key, timeout, {"type": "management"})
-            self._key = read_key(self.key_file, "management")
+        if is_invalid_key(response.status_code, response.content):
+            self._key = self._read_key("management", rejected=self._key, renew=lambda: self._renew(timeout))
             response = self._send(method, path, self._key, timeout, params)
         if response.status_code >= 400:
             raise ManagementError(f"{method} {path}: {response.status_code} {_message(response)}", response.status_code)
@@ -182,10 +142,9 @@ def register_store(management: Management, store: Path, *, workers: int | None =
     for archive in archives:
         if archive.version not in registered.get(archive.name, set()):
             management.register(archive.path.name, workers=workers)
-    chosen = chosen_defaults(store)
+    chosen = read_defaults(store)
     defaults: dict[str, str] = {}
     for name in sorted({a.name for a in archives}):
-        versions = [a.version for a in archives if a.name == name]
-        defaults[name] = chosen.get(name) if chosen.get(name) in versions else versions[-1]  # type: ignore[assignment]
+        defaults[name] = chosen_default([a.version for a in archives if a.name == name], chosen.get(name))
         management.set_default(name, defaults[name])
     return defaults

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from stack import doc_sections
-from stack.torchserve import REPO
+from torchserve_protocol.layout import REPO
 
 SECTION = "examples"  # the README's generated section (stack.doc_sections)
 BEGIN, END = doc_sections.markers(SECTION)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stack import doc_sections
-from stack.torchserve import REPO
+from torchserve_protocol.layout import REPO
 
 RECORD = REPO / "docs" / "results" / "training.json"
 README = REPO / "README.md"

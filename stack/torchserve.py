@@ -11,7 +11,6 @@ it kills the whole process group (frontend and every worker), never leaving a pr
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -19,12 +18,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
+from torchserve_protocol.keys import KEY_KINDS, KeyFileError, bearer, read_key
+from torchserve_protocol.layout import REPO, key_file_in, torchserve_home
+
 CONFIG = REPO / "config.properties"
 LOG_CONFIG = REPO / "stack" / "log4j2.xml"
 
@@ -56,11 +56,11 @@ class TorchServe:
     @property
     def home(self) -> Path:
         """TorchServe's working directory: holds ``key_file.json`` and the effective config."""
-        return self.run_dir / "torchserve"
+        return torchserve_home(self.run_dir)
 
     @property
     def key_file(self) -> Path:
-        return self.home / "key_file.json"
+        return key_file_in(self.run_dir)
 
     @property
     def pid_file(self) -> Path:
@@ -153,8 +153,7 @@ class TorchServe:
 
     def keys(self) -> dict[str, str]:
         """The current keys: ``{"management": ..., "inference": ..., "API": ...}``."""
-        data: dict[str, Any] = json.loads(self.key_file.read_text())
-        return {kind: str(entry["key"]) for kind, entry in data.items()}
+        return {kind: read_key(self.key_file, kind).value for kind in KEY_KINDS}
 
     def wait_up(self, timeout: float = 90.0) -> None:
         """Block until the management API answers with a valid key (workers may still be loading)."""
@@ -165,12 +164,12 @@ class TorchServe:
                 raise StackError(f"TorchServe exited with {self.process.returncode}; see {self.log_dir}")
             if self.key_file.is_file():
                 try:
-                    headers = {"Authorization": f"Bearer {self.keys()['management']}"}
+                    headers = bearer(self.keys()["management"])
                     response = httpx.get(f"{self.management_url}/models", headers=headers, timeout=2.0)
                     if response.status_code == 200:
                         return
                     last = f"management API answered {response.status_code}"
-                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                except (httpx.HTTPError, KeyFileError) as exc:
                     last = f"{type(exc).__name__}: {exc}"
             time.sleep(0.2)
         raise StackError(f"TorchServe not up after {timeout:.0f}s ({last}); see {self.log_dir}")

@@ -16,7 +16,6 @@ from tests.tiny_models import COLA_LABELS, SENTIMENT_LABELS, make_tiny_classifie
 from training.package import package
 from training.tasks import default_data_dir
 
-REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

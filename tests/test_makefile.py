@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from stack.torchserve import REPO
+from torchserve_protocol.layout import REPO
 
 
 def test_make_help_lists_every_target() -> None:

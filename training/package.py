@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -27,14 +26,15 @@ from typing import Any
 
 import yaml
 
+import torchserve_protocol
 from handlers.text_classification import Settings, settings_from
+from torchserve_protocol.archives import MODEL_NAME_RE, VERSION_RE, archive_name, version_key, versions_in
+from torchserve_protocol.layout import REPO, default_model_store
 from training import onnx_build
 
-REPO = Path(__file__).resolve().parent.parent
 HANDLER_FILE = REPO / "handlers" / "text_classifier_handler.py"
-HANDLER_PACKAGE = REPO / "handlers"
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
+# Packages the handler imports, carried in the archive (TorchServe puts the archive's root on the worker's path).
+HANDLER_PACKAGES = (REPO / "handlers", Path(torchserve_protocol.__file__).parent)
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 OPTIONAL_FILES = ("special_tokens_map.json", "vocab.txt", "MODEL_CARD.md", "metrics.json")
 
@@ -82,23 +82,8 @@ class ServingConfig:
         )
 
 
-def archive_name(name: str, version: str) -> str:
-    return f"{name}-{version}.mar"
-
-
-def version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
-
-
-def versions_in_store(store: Path, name: str) -> list[str]:
-    """Versions of ``name`` already in the store, oldest first."""
-    pattern = re.compile(rf"^{re.escape(name)}-(\d+(?:\.\d+){{0,2}})\.mar$")
-    found = [m.group(1) for p in store.glob(f"{name}-*.mar") if (m := pattern.match(p.name))]
-    return sorted(found, key=version_key)
-
-
 def next_version(store: Path, name: str) -> str:
-    existing = versions_in_store(store, name)
+    existing = versions_in(store, name)
     return f"{version_key(existing[-1])[0] + 1}.0" if existing else "1.0"
 
 
@@ -127,7 +112,8 @@ def _stage(model_dir: Path, staging: Path, serving: ServingConfig) -> Path:
     for name in (*MODEL_FILES, *OPTIONAL_FILES):
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, extra / name)
-    shutil.copytree(HANDLER_PACKAGE, extra / "handlers", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for package_dir in HANDLER_PACKAGES:
+        shutil.copytree(package_dir, extra / package_dir.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     settings = handler_settings(serving)
     if settings.engine == "onnxruntime":
         try:
@@ -148,8 +134,8 @@ def package(
     serving: ServingConfig | None = None,
 ) -> Path:
     """Build ``<store>/<name>-<version>.mar``; return its path. Refuses to overwrite an existing version."""
-    if not NAME_RE.match(name):
-        raise PackagingError(f"model name {name!r} must match {NAME_RE.pattern}")
+    if not MODEL_NAME_RE.match(name):
+        raise PackagingError(f"model name {name!r} must match {MODEL_NAME_RE.pattern}")
     store.mkdir(parents=True, exist_ok=True)
     version = version or next_version(store, name)
     if not VERSION_RE.match(version):
@@ -211,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, required=True, help="a save_pretrained directory (model+tokenizer)")
     parser.add_argument("--name", required=True, help="model name served by TorchServe, e.g. cola or sentiment")
     parser.add_argument("--version", help="archive version (default: next major version in the store)")
-    parser.add_argument("--model-store", type=Path, default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")))
+    parser.add_argument("--model-store", type=Path, default=default_model_store())
     defaults = ServingConfig()
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--max-batch-delay-ms", type=int, default=defaults.max_batch_delay_ms)

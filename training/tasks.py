@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from torchserve_protocol.layout import REPO
+
 # The datasets travel with the repository (data/, each folder with its SOURCE.md); DATA_DIR overrides.
-REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+REPO_DATA = REPO / "data"
 
 
 def default_data_dir() -> Path:

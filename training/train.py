@@ -37,12 +37,13 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from handlers.text_classification import ENGINES
+from torchserve_protocol.archives import VERSION_RE, archive_name
+from torchserve_protocol.layout import REPO
 from training import int8_check, onnx_build, report
 from training.base_models import BASE_MODELS, BaseModelError, resolve
-from training.package import VERSION_RE, PackagingError, ServingConfig, archive_name, next_version, package
+from training.package import PackagingError, ServingConfig, next_version, package
 from training.tasks import TASKS, DataError, Examples, Splits, Task, compute_metrics, default_data_dir, get_task
 
-REPO = Path(__file__).resolve().parent.parent
 log = logging.getLogger("training")
 
 

@@ -14,7 +14,7 @@ import pytest
 from benchmarks.ceiling import served_settings
 from benchmarks.servers import PEER_VENV, Peer, extract, served_archives
 from handlers.text_classification import load, predict
-from stack.torchserve import REPO
+from torchserve_protocol.layout import REPO
 
 # What decides the answers: the peer must run the graph with the versions the handler is served with.
 SERVED_RUNTIME = ("onnxruntime", "numpy", "tokenizers", "transformers", "safetensors", "huggingface_hub", "PyYAML")

@@ -20,8 +20,9 @@ from benchmarks.report import Cell
 from benchmarks.report import summary as summary_of
 from benchmarks.servers import Naive
 from handlers.text_classification import settings_from
-from stack.torchserve import REPO, TorchServe
+from stack.torchserve import TorchServe
 from tests.gateway.server import running_gateway, settings_for
+from torchserve_protocol.layout import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import json
 
 from benchmarks import report
 from stack import doc_sections
-from stack.torchserve import REPO
+from torchserve_protocol.layout import REPO
 
 RECORD = REPO / "docs" / "results" / "bench.json"
 

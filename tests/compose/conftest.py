@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from torchserve_protocol.layout import REPO
 from training.package import package
 
-REPO = Path(__file__).resolve().parent.parent.parent
 PROJECT = "bert-serving-tier"
 APP_UID = 10001  # the TorchServe and training user of the images
 # The base image and torch wheel stand-ins of a machine without a registry (../shared/docker/README.md); elsewhere

@@ -33,8 +33,8 @@ PREDICT = (
 EACH_REPLICA = (
     'for i in $(seq "$(docker compose ps -q torchserve | wc -l)"); do docker compose exec --index "$i" torchserve '
 )
-REGISTER = EACH_REPLICA + "python -m training.publish register cola-2.0.mar; done"
-SET_DEFAULT = EACH_REPLICA + "python -m training.publish set-default cola 2.0; done"
+REGISTER = EACH_REPLICA + "python -m stack.publish register cola-2.0.mar; done"
+SET_DEFAULT = EACH_REPLICA + "python -m stack.publish set-default cola 2.0; done"
 SCALE = "docker compose up -d --wait --scale torchserve=2"
 DOWN = "docker compose down"  # the volumes go in the fixture's teardown (down -v)
 COMMANDS = (UP, GENERATE, PREDICT, REGISTER, SET_DEFAULT, SCALE, DOWN)

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent.parent
+from torchserve_protocol.layout import REPO
+
 APP = Path("/app")  # WORKDIR of the images: the repository root inside a container
 
 

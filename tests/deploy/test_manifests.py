@@ -12,11 +12,12 @@ import pytest
 import yaml
 
 from gateway.settings import ENV_PREFIX, Settings
-from stack.management import ARCHIVE_RE
 from tests.deploy.conftest import Dockerfile, exec_form, read_properties
+from torchserve_protocol.archives import ARCHIVE_RE
+from torchserve_protocol.layout import REPO
 from training.package import ServingConfig
 
-DEPLOY = Path(__file__).resolve().parent.parent.parent / "deploy"
+DEPLOY = REPO / "deploy"
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.canary import SplitWatcher
 from gateway.model_metrics import MAX_VERSIONS, ModelMetrics
 from gateway.settings import Settings
-from gateway.store_files import Canary, SplitFileError, SplitWatcher, read_split, write_split
 from tests.gateway.conftest import FakeTorchServe
+from torchserve_protocol.store import Canary, write_split
 
 PASSAGE = {"passage": "The dog is happy."}
 
@@ -41,16 +42,6 @@ def served(client: TestClient, n: int, headers: dict[str, str] | None = None) ->
         assert response.status_code == 200, response.text
         versions[response.headers["X-Model-Version"]] += 1
     return versions
-
-
-def test_the_split_file_round_trips_and_refuses_nonsense(store: Path) -> None:
-    write_split(store, {"cola": Canary(version="2.0", percent=12.5)})
-    assert read_split(store) == {"cola": Canary(version="2.0", percent=12.5)}
-    assert not list(store.glob(".canary-*"))
-    for bad in ('{"cola": {"version": "2.0", "percent": 101}}', '{"cola": {"version": "x", "percent": 1}}', "[]"):
-        (store / "canary.json").write_text(bad)
-        with pytest.raises(SplitFileError):
-            read_split(store)
 
 
 def test_the_watcher_follows_changes_and_keeps_the_last_good_split(store: Path) -> None:

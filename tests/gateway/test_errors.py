@@ -11,8 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.errors import GatewayError
-from gateway.settings import REPO, Settings
+from gateway.settings import Settings
 from tests.gateway.conftest import FakeTorchServe
+from torchserve_protocol.layout import REPO
 
 SECRET = "s3cr3t-user-text"
 

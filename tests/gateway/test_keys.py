@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from gateway.keys import KeyFile
 from tests.gateway.conftest import FakeTorchServe, write_keys
 
 
@@ -82,14 +80,3 @@ def test_readiness_renews_an_expired_management_key(client: TestClient, upstream
 
     assert response.status_code == 200
     assert [r.url.params["type"] for r in upstream.requests if r.url.path == "/token"] == ["management"]
-
-
-def test_key_file_parses_torchserve_expiration_times(tmp_path: Path) -> None:
-    path = tmp_path / "key_file.json"
-    write_keys(path, inference="k", expires="2024-02-16T21:12:24.801148Z")
-
-    key = KeyFile(path).get("inference")
-
-    assert key.value == "k"
-    assert key.expired()
-    assert KeyFile(path).get("API").expires is None

@@ -8,8 +8,9 @@ from fastapi.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.metrics import CONTENT_TYPE
-from gateway.settings import REPO, Settings, SettingsError, load_settings
+from gateway.settings import Settings, SettingsError, load_settings
 from tests.gateway.conftest import FakeTorchServe
+from torchserve_protocol.layout import REPO
 
 
 def test_health_does_not_call_torchserve(client: TestClient, upstream: FakeTorchServe) -> None:

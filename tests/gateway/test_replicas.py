@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 
 from gateway.app import create_app, http_client
 from gateway.replicas import Rotation, Upstream, at_addresses, discover, given, resolve_all
-from gateway.settings import REPO, ReplicaSettings, Settings, SettingsError, load_settings
+from gateway.settings import ReplicaSettings, Settings, SettingsError, load_settings
 from gateway.torchserve import TorchServeClient
 from tests.gateway.conftest import FakeTorchServe
+from torchserve_protocol.layout import REPO
 
 ADDRESSES = ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
 ONE_REPLICA = '[{"inference_url": "http://a:1", "management_url": "http://a:2", "key_file": "k"}]'

@@ -1,15 +1,16 @@
-"""The gateway image installs requirements/gateway.txt only (no torch, no transformers): the gateway package must
-import nothing outside it, and the lock must agree with runtime.txt, the environment the other tests run in."""
+"""The gateway image installs requirements/gateway.txt only (no torch, no transformers) and copies gateway/ and
+torchserve_protocol/: the gateway package must import nothing outside them, and the lock must agree with
+runtime.txt, the environment the other tests run in."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent.parent
+from tests.imports import top_level_imports
+from torchserve_protocol.layout import REPO
+
 HEAVY = ("torch", "transformers", "numpy", "onnxruntime", "sklearn", "pandas", "stack", "training", "handlers")
 
 
@@ -35,14 +36,8 @@ def test_gateway_imports_nothing_heavy() -> None:
 def test_every_package_the_gateway_imports_is_in_its_lock() -> None:
     """What gateway/*.py imports by name must be installed by the image: fastapi-offline (added to runtime.txt for the
     offline /docs) once reached runtime.txt only, and the image's gateway failed at start-up."""
-    imported: set[str] = set()
-    for path in (REPO / "gateway").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                imported |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                imported.add(node.module.split(".")[0])
-    third_party = sorted(imported - set(sys.stdlib_module_names) - {"gateway", "__future__"})
+    imported = top_level_imports(REPO / "gateway")
+    third_party = sorted(imported - set(sys.stdlib_module_names) - {"gateway", "torchserve_protocol", "__future__"})
     distributions = metadata.packages_distributions()
     needed = {dist.lower().replace("_", "-") for module in third_party for dist in distributions.get(module, [module])}
     locked = {name.replace("_", "-") for name in pins("gateway.txt")}

@@ -17,18 +17,19 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stack.publish import main as publish
 from stack.torchserve import TorchServe
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.tiny_models import COLA_LABELS, make_tiny_classifier
+from torchserve_protocol.layout import REPO
+from torchserve_protocol.store import ModelDefault, write_defaults
 from training.package import package
-from training.publish import main as publish
-from training.publish import write_defaults
 
 pytestmark = pytest.mark.integration
 
 PASSAGE = {"passage": "The dog is happy."}
 SPLIT_CHECK_S = 0.2
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "canary-dashboard.json"
+DASHBOARD = REPO / "deploy" / "grafana" / "canary-dashboard.json"
 V2_METRICS = {"best_validation": {"mcc": 0.25, "accuracy": 0.7}}
 
 
@@ -52,7 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_store: Path) -> Iterato
     v2 = make_tiny_classifier(root / "cola-v2", COLA_LABELS, seed=7)
     (v2 / "metrics.json").write_text(json.dumps(V2_METRICS))  # the validation metric GET /models reports
     package(v2, name="cola", store=store, version="2.0")
-    write_defaults(store, {"cola": {"default": "1.0", "history": []}})  # the launcher would pick the newest
+    write_defaults(store, {"cola": ModelDefault(default="1.0")})  # the launcher would pick the newest
     with private_torchserve(store, root / "run") as ts:
         yield Stack(store=store, ts=ts)
 

@@ -12,8 +12,9 @@ import pytest
 
 from benchmarks.served_quality import served_quality
 from stack import readme_examples
-from stack.torchserve import REPO, TorchServe
+from stack.torchserve import TorchServe
 from tests.gateway.server import running_gateway, settings_for
+from torchserve_protocol.layout import REPO
 from training.tasks import default_data_dir
 
 pytestmark = pytest.mark.integration

@@ -48,7 +48,7 @@ def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> Non
 def test_key_rotation_mid_traffic_fails_no_request(
     tmp_path: Path, tiny_store: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.torchserve")
+    caplog.set_level(logging.INFO, logger="gateway.replicas")  # where Replica retries a rejected key
     statuses: Counter[int] = Counter()
     errors: list[str] = []
     lock = threading.Lock()

@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from handlers.text_classification import load, predict, settings_from, to_response
-from stack.torchserve import REPO, TorchServe
+from stack.torchserve import TorchServe
 from tests.conftest import START_ATTEMPTS, free_port, free_ports, logs_say_a_port_was_taken, says_a_port_was_taken
+from torchserve_protocol.layout import REPO
 
 pytestmark = pytest.mark.integration
 

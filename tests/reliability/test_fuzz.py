@@ -28,9 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import create_app
-from gateway.schemas import VERSION_PATTERN
 from gateway.settings import Settings
 from tests.reliability.conftest import assert_error_body
+from torchserve_protocol.archives import VERSION_PATTERN
 
 pytestmark = pytest.mark.integration
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 
 from stack.configuration import DOC, VARIABLES, render
-from stack.torchserve import REPO
+from torchserve_protocol.layout import REPO
 
 READERS = [
     *sorted((REPO / "stack").glob("*.py")),
     *sorted((REPO / "gateway").glob("*.py")),
-    REPO / "training" / "publish.py",
+    *sorted((REPO / "torchserve_protocol").glob("*.py")),
 ]
 READ = re.compile(r"""environ(?:\.get\(|\[)\s*["']([A-Z][A-Z0-9_]*)["']""")
 

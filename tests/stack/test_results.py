@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stack import doc_sections, results
-from stack.torchserve import REPO
+from torchserve_protocol.layout import REPO
 from training.train import main as train_main
 
 

@@ -1,14 +1,14 @@
 """Publish model versions on a running TorchServe through its management API (with the management key).
 
-    python -m training.publish list
-    python -m training.publish register model_store/cola-2.0.mar [--workers 1]   # waits until READY
-    python -m training.publish set-default cola 2.0                              # recorded in defaults.json
-    python -m training.publish rollback cola                                     # back to the previous default
-    python -m training.publish unregister cola 2.0 [--delete-archive]            # refuses the current default
-    python -m training.publish scale cola 2.0 --workers 2
-    python -m training.publish canary cola 2.0 --percent 10                      # 10% of unpinned traffic to 2.0
-    python -m training.publish promote cola                                      # the canary becomes the default
-    python -m training.publish abort cola                                        # all traffic back to the default
+    python -m stack.publish list
+    python -m stack.publish register model_store/cola-2.0.mar [--workers 1]   # waits until READY
+    python -m stack.publish set-default cola 2.0                              # recorded in defaults.json
+    python -m stack.publish rollback cola                                     # back to the previous default
+    python -m stack.publish unregister cola 2.0 [--delete-archive]            # refuses the current default
+    python -m stack.publish scale cola 2.0 --workers 2
+    python -m stack.publish canary cola 2.0 --percent 10                      # 10% of unpinned traffic to 2.0
+    python -m stack.publish promote cola                                      # the canary becomes the default
+    python -m stack.publish abort cola                                        # all traffic back to the default
 
 The default version chosen here is written to ``<model_store>/defaults.json`` (atomically) *before* TorchServe is
 told, and put back if TorchServe refuses, so the file and the running default never disagree; a store that cannot be
@@ -17,10 +17,10 @@ written fails the command with one line and TorchServe unchanged. The file keeps
 (``--ncs``); at every start the launcher re-registers each archive of the store and sets the defaults recorded in
 that file (stack/management.py ``register_store``), so a restart serves the same versions and the same default.
 
-The canary split lives in ``<model_store>/canary.json`` (:mod:`gateway.store_files`), written atomically and read by
-every gateway process (each checks it about once a second): TorchServe itself knows nothing of it. ``promote`` makes
-the canary TorchServe's default (through ``defaults.json`` as ``set-default`` does) and only then ends the split, so
-no request is sent to a version that stopped serving.
+The canary split lives in ``<model_store>/canary.json`` (:mod:`torchserve_protocol.store`), written atomically and
+read by every gateway process (each checks it about once a second): TorchServe itself knows nothing of it.
+``promote`` makes the canary TorchServe's default (through ``defaults.json`` as ``set-default`` does) and only then
+ends the split, so no request is sent to a version that stopped serving.
 
 Every failure prints one line (``publish: error: ...``) to stderr and exits 1.
 """
@@ -28,21 +28,30 @@ Every failure prints one line (``publish: error: ...``) to stderr and exits 1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.store_files import SPLIT_FILE, Canary, SplitFileError, read_split, write_split
-from stack.management import ARCHIVE_RE, DEFAULTS_FILE, Management, ManagementError, version_key
-from stack.run_dir import default_key_file
+from stack.management import Management, ManagementError
+from torchserve_protocol.archives import Archive, archive_name, parse_archive, version_key
+from torchserve_protocol.layout import default_key_file, default_model_store
+from torchserve_protocol.store import (
+    DEFAULTS_FILE,
+    SPLIT_FILE,
+    Canary,
+    ModelDefault,
+    SplitFileError,
+    read_split,
+    write_split,
+)
+from torchserve_protocol.store import read_defaults as read_defaults_file
+from torchserve_protocol.store import write_defaults as write_defaults_file
 
-REPO = Path(__file__).resolve().parent.parent
 HISTORY_LENGTH = 10
+Defaults = dict[str, ModelDefault]
 
 
 class PublishError(RuntimeError):
@@ -52,61 +61,29 @@ class PublishError(RuntimeError):
 # --- defaults.json: the operator's default per model and the previous ones (newest last) -----------------------
 
 
-def read_defaults(store: Path) -> dict[str, dict[str, Any]]:
-    """``defaults.json`` as ``{name: {"default": v, "history": [...]}}`` (a plain ``{name: v}`` file is accepted)."""
-    path = store / DEFAULTS_FILE
+def read_defaults(store: Path) -> Defaults:
     try:
-        if not path.is_file():
-            return {}
-        data = json.loads(path.read_text())
+        return read_defaults_file(store)
     except OSError as exc:
-        raise PublishError(f"cannot read {path} ({exc.strerror}; running as uid {os.getuid()}): TorchServe was not "
-                           "changed; make the model store readable and writable for this user") from None  # fmt: skip
+        raise PublishError(f"cannot read {store / DEFAULTS_FILE} ({exc.strerror}; running as uid {os.getuid()}): "
+                           "TorchServe was not changed; make the model store readable and writable for this "
+                           "user") from None  # fmt: skip
     except ValueError as exc:
-        raise PublishError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
-    result: dict[str, dict[str, Any]] = {}
-    for name, entry in data.items():
-        if isinstance(entry, dict):
-            result[str(name)] = {
-                "default": str(entry["default"]),
-                "history": [str(v) for v in entry.get("history", [])],
-            }
-        else:
-            result[str(name)] = {"default": str(entry), "history": []}
-    return result
+        raise PublishError(f"{store / DEFAULTS_FILE} is not valid ({exc}); fix or delete it") from None
 
 
-def write_defaults(store: Path, defaults: dict[str, dict[str, Any]]) -> None:
-    """Write ``defaults.json`` atomically (temporary file in the store, then rename over the old one); a store that
-    cannot be written raises :class:`PublishError` with one line."""
+def write_defaults(store: Path, defaults: Defaults) -> None:
+    """Write ``defaults.json`` atomically; a store that cannot be written raises :class:`PublishError` (one line)."""
     try:
-        store.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=store, prefix=".defaults-", suffix=".json")
+        write_defaults_file(store, defaults)
     except OSError as exc:
-        raise PublishError(unwritable(store, exc)) from None
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(defaults, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, store / DEFAULTS_FILE)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise PublishError(unwritable(store, exc)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        reason = exc.strerror or type(exc).__name__
+        raise PublishError(f"cannot write {store / DEFAULTS_FILE} ({reason}; running as uid {os.getuid()}): "
+                           "TorchServe was not changed; make the model store writable for this user and run the "
+                           "command again") from None  # fmt: skip
 
 
-def unwritable(store: Path, exc: OSError) -> str:
-    reason = exc.strerror or type(exc).__name__
-    return (f"cannot write {store / DEFAULTS_FILE} ({reason}; running as uid {os.getuid()}): TorchServe was not "
-            "changed; make the model store writable for this user and run the command again")  # fmt: skip
-
-
-def switch_default(mgmt: Management, store: Path, name: str, version: str, defaults: dict[str, dict[str, Any]]) -> None:
+def switch_default(mgmt: Management, store: Path, name: str, version: str, defaults: Defaults) -> None:
     """Record ``defaults`` in the store first, then make ``version`` TorchServe's default; if TorchServe refuses,
     the store gets its old ``defaults.json`` back. The file and the running default never disagree."""
     before = read_defaults(store)
@@ -118,15 +95,15 @@ def switch_default(mgmt: Management, store: Path, name: str, version: str, defau
         raise
 
 
-def with_default(store: Path, name: str, version: str, *, previous: str | None) -> dict[str, dict[str, Any]]:
+def with_default(store: Path, name: str, version: str, *, previous: str | None) -> Defaults:
     """The store's defaults with ``version`` as the default of ``name``; ``previous`` (the one it replaces) goes
     onto the history."""
     defaults = read_defaults(store)
-    entry = defaults.get(name, {"default": version, "history": []})
-    history = [v for v in entry["history"] if v != version]
+    entry = defaults.get(name, ModelDefault(default=version))
+    history = [v for v in entry.history if v != version]
     if previous is not None and previous != version:
         history = [v for v in history if v != previous] + [previous]
-    defaults[name] = {"default": version, "history": history[-HISTORY_LENGTH:]}
+    defaults[name] = ModelDefault(default=version, history=tuple(history[-HISTORY_LENGTH:]))
     return defaults
 
 
@@ -263,7 +240,7 @@ def cmd_abort(mgmt: Management, args: argparse.Namespace) -> None:
           f"({canary.version} stays registered)")  # fmt: skip
 
 
-def archive_in_store(path_or_name: str, store: Path) -> Path:
+def archive_in_store(path_or_name: str, store: Path) -> Archive:
     """The archive as a file of the model store (TorchServe registers store files only: allowed_urls=^$)."""
     given = Path(path_or_name)
     candidates = [given] if given.parent != Path() else [store / given, given]
@@ -273,18 +250,17 @@ def archive_in_store(path_or_name: str, store: Path) -> Path:
     if found.resolve().parent != store.resolve():
         raise PublishError(f"{found} is not in the model store {store}; copy it there first (TorchServe only loads "
                            "archives from its store)")  # fmt: skip
-    if not ARCHIVE_RE.match(found.name):
+    archive = parse_archive(found)
+    if archive is None:
         raise PublishError(f"{found.name} is not named <name>-<version>.mar")
-    return found
+    return archive
 
 
 def cmd_register(mgmt: Management, args: argparse.Namespace) -> None:
     archive = archive_in_store(args.archive, args.model_store)
-    match = ARCHIVE_RE.match(archive.name)
-    assert match is not None
-    name, version = match.group("name"), match.group("version")
+    name, version = archive.name, archive.version
     try:
-        mgmt.register(archive.name, workers=args.workers, timeout=args.timeout)
+        mgmt.register(archive.path.name, workers=args.workers, timeout=args.timeout)
     except ManagementError as exc:
         if exc.status == 409:
             hint = "unregister it, or package a new version"
@@ -307,7 +283,7 @@ def cmd_set_default(mgmt: Management, args: argparse.Namespace) -> None:
 
 def cmd_rollback(mgmt: Management, args: argparse.Namespace) -> None:
     defaults = read_defaults(args.model_store)
-    history = defaults.get(args.name, {}).get("history", [])
+    history = defaults[args.name].history if args.name in defaults else ()
     if not history:
         raise PublishError(f"no previous default of {args.name} recorded in {args.model_store / DEFAULTS_FILE}")
     target = history[-1]
@@ -315,7 +291,7 @@ def cmd_rollback(mgmt: Management, args: argparse.Namespace) -> None:
     if ready_workers(desc) == 0:
         raise PublishError(f"previous default {args.name} {target} has no READY worker; scale it up first")
     current = mgmt.default_version(args.name)
-    defaults[args.name] = {"default": target, "history": history[:-1]}
+    defaults[args.name] = ModelDefault(default=target, history=history[:-1])
     switch_default(mgmt, args.model_store, args.name, target, defaults)
     print(f"{args.name}: default {current} -> {target} (rolled back)")
 
@@ -324,12 +300,12 @@ def cmd_unregister(mgmt: Management, args: argparse.Namespace) -> None:
     require_version(mgmt, args.name, args.version)
     if mgmt.default_version(args.name) == args.version:
         raise PublishError(f"{args.name} {args.version} is the current default; set another default first")
-    archive = args.model_store / f"{args.name}-{args.version}.mar"
+    archive = args.model_store / archive_name(args.name, args.version)
     before = read_defaults(args.model_store)
     defaults = read_defaults(args.model_store)
     if args.name in defaults:  # a version that is gone is no rollback target; recorded first (the store may refuse)
         entry = defaults[args.name]
-        defaults[args.name] = {**entry, "history": [v for v in entry["history"] if v != args.version]}
+        defaults[args.name] = ModelDefault(entry.default, tuple(v for v in entry.history if v != args.version))
     changed = defaults != before
     if changed:
         write_defaults(args.model_store, defaults)
@@ -375,7 +351,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stack.publish", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--management-url",
         default=os.environ.get("MANAGEMENT_URL", "http://127.0.0.1:8081"),
@@ -391,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model-store",
         type=Path,
-        default=Path(os.environ.get("MODEL_STORE", REPO / "model_store")),
+        default=default_model_store(),
         help="the .mar archives and defaults.json (env MODEL_STORE)",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for workers / draining")

@@ -15,12 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stack.publish import main as publish
 from stack.torchserve import TorchServe
 from tests.conftest import free_port, management_client
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.tiny_models import COLA_LABELS, make_tiny_classifier
 from training.package import ServingConfig, package
-from training.publish import main as publish
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ import yaml
 from handlers.text_classification import load, predict, settings_from
 from training.package import main as package_main
 from training.tasks import TASKS, DataError, get_task, read_cola_tsv
-from training.train import main, make_batches
+from training.fit import make_batches
+from training.train import main
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--epochs", "2", "--batch-size", "8", "--max-train-rows", "40", "--max-eval-rows", "24", "--max-length", "64"]

@@ -52,16 +52,8 @@ class Served:
 
     def settings(self, *, max_length: int, threads: int) -> Settings:
         """The handler's settings for this candidate, without the warm-up forward (the check loads many)."""
-        return Settings(
-            max_length=max_length,
-            num_threads=threads,
-            warmup=False,
-            engine=self.engine,
-            quantize=self.quantize,
-            quantization=self.quantization,
-            keep_fp32=self.keep_fp32,
-            activations=self.activations or "dynamic",
-        )
+        fixed = {"max_length": max_length, "num_threads": threads, "warmup": False}
+        return Settings.model_validate(fixed | self.as_dict() | {"keep_fp32": self.keep_fp32})
 
 
 FP32 = Served(engine="torch", quantize=False)

@@ -18,11 +18,12 @@ import json
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -31,63 +32,59 @@ from torchserve_protocol.limits import HANDLER_MAX_CHARS, HANDLER_MAX_TEXTS
 
 log = logging.getLogger(__name__)
 
-QUANTIZATION_SCHEMES = ("per_channel", "per_tensor")
-ACTIVATIONS = ("static", "dynamic")
-ENGINES = ("torch", "onnxruntime")
+Engine = Literal["torch", "onnxruntime"]
+Scheme = Literal["per_channel", "per_tensor"]
+Activations = Literal["static", "dynamic"]
+ENGINES: tuple[str, ...] = get_args(Engine)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Per-archive settings, from the ``handler:`` section of ``model-config.yaml``."""
+class Settings(BaseModel):
+    """Per-archive settings, from the ``handler:`` section of ``model-config.yaml``: strict types (YAML's ``yes`` is
+    not a bool here, ``1.0`` is not a count), no unknown keys."""
 
-    max_length: int = 128  # tokens kept per text; longer texts are truncated, not rejected
-    engine: str = "torch"  # CPU engine: "torch" (weights quantized at load) or "onnxruntime" (the archive's model.onnx)
-    num_threads: int = 1  # torch intra-op threads per worker; workers x threads should not exceed the cores
-    quantize: bool = True  # int8 dynamic quantization of nn.Linear on CPU (ignored on CUDA, which uses fp16)
-    quantization: str = "per_channel"  # weight observer: "per_channel" (default) or "per_tensor"
-    # onnxruntime int8 activations: "static" (scales calibrated at packaging: a text's answer does not depend on its
-    # batch companions) or "dynamic" (scales picked per forward from the whole batch, as the torch engine does)
-    activations: str = "dynamic"
-    temperature: float = 1.0  # softmax(logits / temperature): fitted on validation at training (calibration)
-    keep_fp32: tuple[str, ...] = ()  # module-name prefixes left in fp32 (e.g. "classifier")
-    max_texts: int = HANDLER_MAX_TEXTS  # texts per request
-    max_chars: int = HANDLER_MAX_CHARS  # characters per text
-    warmup: bool = True  # one forward pass at load time, so the first request is not slow
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    max_length: int = Field(
+        default=128, gt=0, description="tokens kept per text; longer texts are truncated, not rejected"
+    )
+    engine: Engine = Field(
+        default="torch", description='CPU engine: "torch" (weights quantized at load) or "onnxruntime" (the model.onnx)'
+    )
+    num_threads: int = Field(
+        default=1, gt=0, description="torch intra-op threads per worker; workers x threads should not exceed the cores"
+    )
+    quantize: bool = Field(
+        default=True, description="int8 dynamic quantization of nn.Linear on CPU (ignored on CUDA, which uses fp16)"
+    )
+    quantization: Scheme = Field(default="per_channel", description="weight observer: per_channel or per_tensor")
+    activations: Activations = Field(
+        default="dynamic",
+        description="onnxruntime int8 activations: static (scales calibrated at packaging: a text's answer does not "
+        "depend on its batch companions) or dynamic (scales picked per forward from the whole batch, as the torch "
+        "engine does)",
+    )
+    temperature: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="softmax(logits / temperature): fitted on validation at training",
+    )
+    keep_fp32: tuple[StrictStr, ...] = Field(
+        default=(), strict=False, description='module-name prefixes left in fp32 (e.g. "classifier"); YAML gives a list'
+    )
+    max_texts: int = Field(default=HANDLER_MAX_TEXTS, gt=0, description="texts per request")
+    max_chars: int = Field(default=HANDLER_MAX_CHARS, gt=0, description="characters per text")
+    warmup: bool = Field(default=True, description="one forward pass at load time, so the first request is not slow")
 
 
 def settings_from(raw: Mapping[str, Any] | None) -> Settings:
-    """Validate a ``handler:`` mapping into :class:`Settings`; unknown keys and wrong types raise ``ValueError``."""
-    raw = dict(raw or {})
-    known = {f.name: f for f in fields(Settings)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ValueError(f"unknown handler setting(s) {unknown}; expected some of {sorted(known)}")
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        default = getattr(Settings, name)
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
-        elif isinstance(default, float):
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < float("inf")
-            value = float(value) if ok else value
-        elif isinstance(default, tuple):
-            ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-            value = tuple(value) if ok else value
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            raise ValueError(f"handler setting {name}={value!r} has the wrong type (default is {default!r})")
-        values[name] = value
-    settings = Settings(**values)
-    if settings.quantization not in QUANTIZATION_SCHEMES:
-        raise ValueError(f"quantization must be one of {QUANTIZATION_SCHEMES}, not {settings.quantization!r}")
-    if settings.engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, not {settings.engine!r}")
-    if settings.activations not in ACTIVATIONS:
-        raise ValueError(f"activations must be one of {ACTIVATIONS}, not {settings.activations!r}")
-    return settings
+    """Validate a ``handler:`` mapping into :class:`Settings`; unknown keys and wrong types or values raise
+    ``ValueError`` with one line naming each bad setting."""
+    try:
+        return Settings.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        bad = "; ".join(f"{'.'.join(map(str, e['loc']))}={e['input']!r}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"bad handler setting(s) {bad} (settings: {', '.join(Settings.model_fields)})") from None
 
 
 class BadRequest(ValueError):
@@ -229,19 +226,7 @@ def length_groups(lengths: Sequence[int], *, slack: float = PADDING_SLACK) -> li
     return [*groups, current] if current else groups
 
 
-def _padded(
-    encoded: Mapping[str, list[list[int]]], rows: list[int], *, pad_id: int, left: bool
-) -> dict[str, torch.Tensor]:
-    width = max(len(encoded["input_ids"][i]) for i in rows)
-    tensors = {}
-    for key, values in encoded.items():
-        fill = pad_id if key == "input_ids" else 0  # attention_mask and token_type_ids pad with 0
-        padded = [
-            [fill] * (width - len(values[i])) + values[i] if left else values[i] + [fill] * (width - len(values[i]))
-            for i in rows
-        ]
-        tensors[key] = torch.tensor(padded, dtype=torch.long)
-    return tensors
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def predict(loaded: Loaded, texts: Sequence[str], *, max_length: int) -> torch.Tensor:
@@ -249,14 +234,13 @@ def predict(loaded: Loaded, texts: Sequence[str], *, max_length: int) -> torch.T
     length (:func:`length_groups`), each padded only to its own longest text; softmax at the archive's temperature."""
     tokenizer = loaded.tokenizer
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-    columns = {key: encoded[key] for key in encoded if key in ("input_ids", "attention_mask", "token_type_ids")}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    columns = {key: encoded[key] for key in encoded if key in MODEL_INPUTS}
     probs = torch.empty(len(texts), len(loaded.labels))
     for rows in length_groups([len(ids) for ids in columns["input_ids"]]):
-        batch = {
-            k: v.to(loaded.device)
-            for k, v in _padded(columns, rows, pad_id=pad_id, left=tokenizer.padding_side == "left").items()
-        }
+        # tokenizer.pad knows the pad id, the padding side and the token-type pad; it returns lists here because its
+        # own tensor conversion flattens them in Python, several times slower (docs/performance.md, "Padding")
+        padded = tokenizer.pad({key: [values[i] for i in rows] for key, values in columns.items()})
+        batch = {key: torch.tensor(values, dtype=torch.long, device=loaded.device) for key, values in padded.items()}
         with torch.inference_mode():
             logits = loaded.model(**batch).logits
         probs[rows] = torch.softmax(logits.float() / loaded.temperature, dim=-1).cpu()

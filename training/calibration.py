@@ -8,12 +8,15 @@ applies it (``temperature`` in the archive's handler settings).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger("training")
 BINS = 10
 T_RANGE = (0.05, 20.0)
 
@@ -83,6 +86,52 @@ def reliability_points(probs: np.ndarray, labels: Sequence[int], *, bins: int = 
         for b in range(bins)
         if (which == b).any()
     ]
+
+
+@dataclass(frozen=True)
+class CalibrationStudy:
+    """One temperature fitted on validation, and what it does on each split (``validation``, ``test``)."""
+
+    fitted_temperature: float
+    ece: dict[str, dict[str, float]]  # split -> {"before": ..., "after": ...}
+    nll: dict[str, dict[str, float]]  # split -> {"before": ..., "after": ...}
+    reliability: dict[str, list[dict[str, float]]]  # "<split>, T=<t>" -> reliability_points
+    temperature: float  # served: the fitted one where it lowers the validation ECE, else 1.0
+
+
+def temperature_study(
+    val_probs: np.ndarray,
+    val_labels: Sequence[int],
+    test_probs: np.ndarray | None = None,
+    test_labels: Sequence[int] | None = None,
+) -> CalibrationStudy:
+    """ECE before and after one temperature fitted on validation; the temperature is kept only if it lowers the
+    validation ECE. Reliability-diagram points for the plot."""
+    temperature = fit_temperature(val_probs, val_labels)
+    splits = {"validation": (val_probs, val_labels)}
+    if test_probs is not None and test_labels is not None:
+        splits["test"] = (test_probs, test_labels)
+    ece: dict[str, dict[str, float]] = {}
+    nlls: dict[str, dict[str, float]] = {}
+    reliability: dict[str, list[dict[str, float]]] = {}
+    for name, (probs, labels) in splits.items():
+        scaled = rescale(probs, temperature)
+        ece[name] = {
+            "before": expected_calibration_error(probs, labels),
+            "after": expected_calibration_error(scaled, labels),
+        }
+        nlls[name] = {"before": nll(probs, labels), "after": nll(scaled, labels)}
+        reliability[f"{name}, T=1"] = reliability_points(probs, labels)
+        reliability[f"{name}, T={temperature:g}"] = reliability_points(scaled, labels)
+    kept = ece["validation"]["after"] < ece["validation"]["before"]
+    log.info(
+        "calibration: T=%.3f fitted on validation, ECE %.4f -> %.4f (%s)",
+        temperature,
+        ece["validation"]["before"],
+        ece["validation"]["after"],
+        "kept" if kept else "not kept: it does not help",
+    )
+    return CalibrationStudy(temperature, ece, nlls, reliability, temperature if kept else 1.0)
 
 
 def write_reliability_plot(curves: dict[str, list[dict[str, float]]], title: str, path: Path) -> None:

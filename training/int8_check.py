@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,69 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from handlers.text_classification import Settings, load, predict
-from training import calibration, onnx_build, report
+from training import onnx_build
+from training.calibration import CalibrationStudy, temperature_study
 from training.package import ServingConfig
-from training.tasks import Examples, Splits, Task, compute_metrics
+from training.tasks import Examples, Splits, Task, compute_metrics, fmt
 
 log = logging.getLogger("training")
 
 SERVED_BATCH = ServingConfig().batch_size  # requests per handler batch in the archive's model-config.yaml
-FP32: dict[str, Any] = {"engine": "torch", "quantize": False, "quantization": "per_channel", "keep_fp32": []}
 INVARIANCE_TEXTS = 64  # validation texts sent alone and together in the batch-invariance check
+
+
+@dataclass(frozen=True)
+class Served:
+    """One way the handler can serve the model: the engine and int8 part of the archive's handler settings."""
+
+    engine: str
+    quantize: bool
+    quantization: str = "per_channel"
+    keep_fp32: tuple[str, ...] = ()
+    activations: str | None = None  # onnxruntime int8: "static" or "dynamic"; None leaves the handler's default
+
+    def as_dict(self) -> dict[str, Any]:
+        """As metrics.json and the handler section carry it (no ``activations`` key where it is None)."""
+        fixed = {"engine": self.engine, "quantize": self.quantize, "quantization": self.quantization}
+        keys = fixed | {"keep_fp32": list(self.keep_fp32)}
+        return keys if self.activations is None else keys | {"activations": self.activations}
+
+    def settings(self, *, max_length: int, threads: int) -> Settings:
+        """The handler's settings for this candidate, without the warm-up forward (the check loads many)."""
+        fixed = {"max_length": max_length, "num_threads": threads, "warmup": False}
+        return Settings.model_validate(fixed | self.as_dict() | {"keep_fp32": self.keep_fp32})
+
+
+FP32 = Served(engine="torch", quantize=False)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    served: Served
+    report_only: bool = False  # scored for the report (with --int8-study), never served
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A candidate measured against fp32 on validation (and, for the chosen one, on test)."""
+
+    served: Served
+    validation: dict[str, float]
+    drop: float  # fp32's task metric minus this candidate's
+    flips: float  # share of validation labels that differ from fp32's
+    eligible: bool
+    test: dict[str, float] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        row = {"served": self.served.as_dict(), "validation": self.validation, "drop": self.drop}
+        row |= {"flips": self.flips, "eligible": self.eligible}
+        return row if self.test is None else row | {"test": self.test}
+
+
+@dataclass(frozen=True)
+class BatchInvariance:
+    texts: int
+    max_abs_delta: float  # the largest change of any probability between a text alone and in the batch
 
 
 @dataclass(frozen=True)
@@ -43,6 +97,37 @@ class CheckConfig:
     max_length: int
     threads: int
     study: bool = False  # also score the slower fallbacks and the report-only settings (docs/training.md's tables)
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """What the check measured and chose; ``chosen`` is one of ``candidates``, or None when none qualifies."""
+
+    metric: str
+    max_drop: float
+    batch_size: int
+    fp32_validation: dict[str, float]
+    candidates: list[Scored]
+    chosen: Scored | None
+    fp32_test: dict[str, float] | None = None
+    calibration: CalibrationStudy | None = None
+    batch_invariance: BatchInvariance | None = None
+
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature if self.calibration else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """``metrics.json``'s ``quantization`` section."""
+        fp32 = {"validation": self.fp32_validation} | ({"test": self.fp32_test} if self.fp32_test else {})
+        out: dict[str, Any] = {"metric": self.metric, "max_drop": self.max_drop, "batch_size": self.batch_size}
+        out |= {"fp32": fp32, "candidates": [c.as_dict() for c in self.candidates]}
+        out["chosen"] = self.chosen.as_dict() if self.chosen else None
+        if self.calibration is not None:
+            out["calibration"] = asdict(self.calibration)
+        if self.batch_invariance is not None:
+            out["batch_invariance"] = asdict(self.batch_invariance)
+        return out
 
 
 def served_probabilities(model_dir: Path, ex: Examples, settings: Settings) -> np.ndarray:
@@ -57,7 +142,7 @@ def served_probabilities(model_dir: Path, ex: Examples, settings: Settings) -> n
     return probs
 
 
-def quantization_candidates(model_dir: Path, cfg: CheckConfig) -> list[dict[str, Any]]:
+def quantization_candidates(model_dir: Path, cfg: CheckConfig) -> list[Candidate]:
     """Served settings to try, fastest first; ``auto`` serves the first within ``metric_drop``.
 
     The ONNX Runtime candidates use static activation scales (calibrated at packaging), so that a text's answer does
@@ -65,12 +150,12 @@ def quantization_candidates(model_dir: Path, cfg: CheckConfig) -> list[dict[str,
     MPNet models measured (docs/training.md) the FFN down-projections (``*.output.dense`` outside attention, whose
     input is the wide post-GELU activation) and the early layers lose most in int8; the fallbacks keep those fp32.
     """
-    static = {"activations": "static"} if cfg.engine == "onnxruntime" else {}
+    static = "static" if cfg.engine == "onnxruntime" else None
     if cfg.quantization == "none":
-        return [FP32 | {"engine": cfg.engine}]
+        return [Candidate(replace(FP32, engine=cfg.engine))]
     if cfg.quantization != "auto":
-        fixed = {"engine": cfg.engine, "quantize": True, "quantization": cfg.quantization}
-        return [fixed | {"keep_fp32": list(cfg.keep_fp32)} | static]
+        fixed = Served(cfg.engine, True, cfg.quantization, cfg.keep_fp32, activations=static)
+        return [Candidate(fixed)]
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     layer_of = {n: int(m.group(1)) for n in linear if (m := re.search(r"\.layer\.(\d+)\.", n))}
@@ -80,145 +165,126 @@ def quantization_candidates(model_dir: Path, cfg: CheckConfig) -> list[dict[str,
     early = [n for n in linear if n in layer_of and layer_of[n] < half]
     groups = [[], ffn_out, ffn_out + ffn_in, sorted(set(ffn_out + early))]
     unique = [g for i, g in enumerate(groups) if g not in groups[:i] and (not i or g)]
-    base = {"engine": cfg.engine, "quantize": True, "quantization": "per_channel"}
-    candidates = [base | {"keep_fp32": g} | static for g in unique]
-    candidates.append(FP32 | {"engine": cfg.engine})  # the last resort: never refuse to serve over int8 alone
-    report_only = [base | {"keep_fp32": [], "quantization": "per_tensor", "report_only": True} | static]
+    base = Served(cfg.engine, True, "per_channel", activations=static)
+    candidates = [Candidate(replace(base, keep_fp32=tuple(g))) for g in unique]
+    candidates.append(Candidate(replace(FP32, engine=cfg.engine)))  # the last resort: never refuse over int8 alone
+    candidates.append(Candidate(replace(base, quantization="per_tensor"), report_only=True))
     if static:
-        report_only.append(base | {"keep_fp32": [], "activations": "dynamic", "report_only": True})
-    return candidates + report_only
+        candidates.append(Candidate(replace(base, activations="dynamic"), report_only=True))
+    return candidates
 
 
-def settings_of(served: dict[str, Any], cfg: CheckConfig) -> Settings:
-    return Settings(
-        max_length=cfg.max_length,
-        num_threads=cfg.threads,
-        warmup=False,
-        engine=served["engine"],
-        quantize=served["quantize"],
-        quantization=served["quantization"],
-        keep_fp32=tuple(served["keep_fp32"]),
-        activations=served.get("activations", "dynamic"),
-    )
+class ServedViews:
+    """The directory the handler loads for each setting: ``best_dir`` itself for the torch engine; for
+    onnxruntime, a view of it with the ``model.onnx`` built for that setting (built once per setting, from one fp32
+    export, under ``scratch``; the chosen setting also runs the test set and the batch-invariance check)."""
 
+    def __init__(self, best_dir: Path, scratch: Path) -> None:
+        self.best_dir = best_dir
+        self.scratch = scratch
+        self.fp32_export: Path | None = None
+        self.views: dict[Settings, Path] = {}
 
-def check(task: Task, splits: Splits, cfg: CheckConfig, best_dir: Path, scratch_parent: Path) -> dict[str, Any]:
-    """fp32 vs int8 side by side on the same validation (and test) texts, through the handler's code; then the
-    chosen setting's temperature and batch invariance. ``result["chosen"]`` is None when no candidate qualifies."""
-    scratch = Path(tempfile.mkdtemp(prefix="quant-check-", dir=scratch_parent))
-    exported: Path | None = None
-    views: dict[Settings, Path] = {}  # one model.onnx per setting, built once (the chosen one also runs the test set)
-
-    def view_of(settings: Settings) -> Path:
-        nonlocal exported
+    def __call__(self, settings: Settings) -> Path:
         if settings.engine == "torch":
-            return best_dir
-        if settings not in views:
-            exported = exported or onnx_build.export_fp32(best_dir, scratch / "fp32.onnx")
-            views[settings] = onnx_build.served_view(
-                best_dir, Path(tempfile.mkdtemp(dir=scratch)), settings, fp32=exported
-            )
-        return views[settings]
+            return self.best_dir
+        if settings not in self.views:
+            self.fp32_export = self.fp32_export or onnx_build.export_fp32(self.best_dir, self.scratch / "fp32.onnx")
+            view = Path(tempfile.mkdtemp(dir=self.scratch))
+            self.views[settings] = onnx_build.served_view(self.best_dir, view, settings, fp32=self.fp32_export)
+        return self.views[settings]
 
-    def run(ex: Examples, served: dict[str, Any]) -> np.ndarray:
-        settings = settings_of(served, cfg)
-        return served_probabilities(view_of(settings), ex, settings)
+
+def check(task: Task, splits: Splits, cfg: CheckConfig, best_dir: Path, scratch_parent: Path) -> Int8Check:
+    """fp32 vs int8 side by side on the same validation (and test) texts, through the handler's code; then the
+    chosen setting's temperature and batch invariance."""
+    scratch = Path(tempfile.mkdtemp(prefix="quant-check-", dir=scratch_parent))
+    views = ServedViews(best_dir, scratch)
+
+    def probabilities(ex: Examples, served: Served) -> np.ndarray:
+        settings = served.settings(max_length=cfg.max_length, threads=cfg.threads)
+        return served_probabilities(views(settings), ex, settings)
 
     try:
-        result = compare(task, splits, cfg, quantization_candidates(best_dir, cfg), run)
-        chosen = result["chosen"]
-        if chosen is not None:
-            settings = settings_of(chosen["served"], cfg)
-            result["batch_invariance"] = batch_invariance(view_of(settings), splits.validation, settings)
-        return result
+        result = compare(task, splits, cfg, quantization_candidates(best_dir, cfg), probabilities)
+        if result.chosen is None:
+            return result
+        settings = result.chosen.served.settings(max_length=cfg.max_length, threads=cfg.threads)
+        return replace(result, batch_invariance=batch_invariance(views(settings), splits.validation, settings))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         torch.set_num_threads(cfg.threads)  # the handler's load() sets its own thread count
+
+
+def score(candidate: Candidate, probs: np.ndarray, labels: list[int], *, fp32_preds: list[int], metric: str) -> Scored:
+    """``candidate``'s validation ``probs`` against the labels and against fp32's predictions."""
+    preds = probs.argmax(axis=1).tolist()
+    metrics = compute_metrics(labels, preds)
+    drop = compute_metrics(labels, fp32_preds)[metric] - metrics[metric]
+    flips = sum(a != b for a, b in zip(preds, fp32_preds, strict=True)) / max(1, len(preds))
+    return Scored(candidate.served, metrics, drop, flips, eligible=not candidate.report_only)
 
 
 def compare(
     task: Task,
     splits: Splits,
     cfg: CheckConfig,
-    served_candidates: list[dict[str, Any]],
-    run: Callable[[Examples, dict[str, Any]], np.ndarray],
-) -> dict[str, Any]:
+    candidates: list[Candidate],
+    probabilities: Callable[[Examples, Served], np.ndarray],
+) -> Int8Check:
+    """Score ``candidates`` in order until one qualifies (every one with ``cfg.study``); the chosen one is also
+    scored on test, and its temperature fitted."""
     val = splits.validation
-    fp32_preds = run(val, FP32).argmax(axis=1).tolist()
-    fp32 = {"validation": compute_metrics(val.labels, fp32_preds)}
-    candidates: list[dict[str, Any]] = []
+    fp32_preds = probabilities(val, FP32).argmax(axis=1).tolist()
+    scored: list[Scored] = []
+    chosen: Scored | None = None
     chosen_probs: np.ndarray | None = None
-    for proposed in served_candidates:
-        report_only = proposed.get("report_only", False)
-        if (report_only or chosen_probs is not None) and not cfg.study:
+    for candidate in candidates:
+        if (candidate.report_only or chosen is not None) and not cfg.study:
             continue  # the first setting within the bound is served: the slower ones need not be scored
-        served = {k: v for k, v in proposed.items() if k != "report_only"}
-        probs = run(val, served)
-        preds = probs.argmax(axis=1).tolist()
-        metrics = compute_metrics(val.labels, preds)
-        drop = fp32["validation"][task.metric] - metrics[task.metric]
-        flips = sum(a != b for a, b in zip(preds, fp32_preds, strict=True)) / max(1, len(preds))
-        eligible = not report_only
-        candidates.append({"served": served, "validation": metrics, "drop": drop, "flips": flips, "eligible": eligible})
-        if chosen_probs is None and eligible and drop <= cfg.metric_drop:
-            chosen_probs = probs
+        probs = probabilities(val, candidate.served)
+        row = score(candidate, probs, val.labels, fp32_preds=fp32_preds, metric=task.metric)
+        scored.append(row)
+        if chosen is None and row.eligible and row.drop <= cfg.metric_drop:
+            chosen, chosen_probs = row, probs
+        s = row.served
         log.info(
             "%s %s %s %s keep_fp32=%d: %s (drop %.4f, %.1f%% labels differ from fp32)",
-            served["engine"],
-            "int8" if served["quantize"] else "fp32",
-            served.get("activations", "dynamic") if served["quantize"] else "",
-            served["quantization"],
-            len(served["keep_fp32"]),
-            report.fmt(metrics),
-            drop,
-            100 * flips,
+            s.engine,
+            "int8" if s.quantize else "fp32",
+            (s.activations or "dynamic") if s.quantize else "",
+            s.quantization,
+            len(s.keep_fp32),
+            fmt(row.validation),
+            row.drop,
+            100 * row.flips,
         )
-    chosen = next((c for c in candidates if c["eligible"] and c["drop"] <= cfg.metric_drop), None)
-    result: dict[str, Any] = {"metric": task.metric, "max_drop": cfg.metric_drop, "batch_size": SERVED_BATCH}
-    result |= {"fp32": fp32, "candidates": candidates, "chosen": chosen}
+    result = Int8Check(
+        metric=task.metric,
+        max_drop=cfg.metric_drop,
+        batch_size=SERVED_BATCH,
+        fp32_validation=compute_metrics(val.labels, fp32_preds),
+        candidates=scored,
+        chosen=chosen,
+    )
     if chosen is None or chosen_probs is None:
         return result
-    test_probs = None
-    if splits.test is not None:
-        fp32["test"] = compute_metrics(splits.test.labels, run(splits.test, FP32).argmax(axis=1).tolist())
-        test_probs = run(splits.test, chosen["served"])
-        chosen["test"] = compute_metrics(splits.test.labels, test_probs.argmax(axis=1).tolist())
-    result["calibration"] = temperature_study(chosen_probs, val.labels, test_probs, splits.test)
-    return result
-
-
-def temperature_study(
-    val_probs: np.ndarray, val_labels: list[int], test_probs: np.ndarray | None, test: Examples | None
-) -> dict[str, Any]:
-    """ECE before and after one temperature fitted on validation; the temperature is kept only if it lowers the
-    validation ECE. Reliability-diagram points for the plot."""
-    temperature = calibration.fit_temperature(val_probs, val_labels)
-    splits = {"validation": (val_probs, val_labels)}
-    if test_probs is not None and test is not None:
-        splits["test"] = (test_probs, test.labels)
-    study: dict[str, Any] = {"fitted_temperature": temperature, "ece": {}, "nll": {}, "reliability": {}}
-    for name, (probs, labels) in splits.items():
-        scaled = calibration.rescale(probs, temperature)
-        study["ece"][name] = {
-            "before": calibration.expected_calibration_error(probs, labels),
-            "after": calibration.expected_calibration_error(scaled, labels),
-        }
-        study["nll"][name] = {"before": calibration.nll(probs, labels), "after": calibration.nll(scaled, labels)}
-        study["reliability"][f"{name}, T=1"] = calibration.reliability_points(probs, labels)
-        study["reliability"][f"{name}, T={temperature:g}"] = calibration.reliability_points(scaled, labels)
-    kept = study["ece"]["validation"]["after"] < study["ece"]["validation"]["before"]
-    study["temperature"] = temperature if kept else 1.0
-    log.info(
-        "calibration: T=%.3f fitted on validation, ECE %.4f -> %.4f (%s)",
-        temperature,
-        study["ece"]["validation"]["before"],
-        study["ece"]["validation"]["after"],
-        "kept" if kept else "not kept: it does not help",
+    if splits.test is None:
+        return replace(result, calibration=temperature_study(chosen_probs, val.labels))
+    test = splits.test
+    fp32_test = compute_metrics(test.labels, probabilities(test, FP32).argmax(axis=1).tolist())
+    test_probs = probabilities(test, chosen.served)
+    tested = replace(chosen, test=compute_metrics(test.labels, test_probs.argmax(axis=1).tolist()))
+    return replace(
+        result,
+        candidates=[tested if c is chosen else c for c in scored],
+        chosen=tested,
+        fp32_test=fp32_test,
+        calibration=temperature_study(chosen_probs, val.labels, test_probs, test.labels),
     )
-    return study
 
 
-def batch_invariance(model_dir: Path, ex: Examples, settings: Settings) -> dict[str, Any]:
+def batch_invariance(model_dir: Path, ex: Examples, settings: Settings) -> BatchInvariance:
     """The largest change of any probability between a text sent alone and the same text in one batch with up to
     :data:`INVARIANCE_TEXTS` - 1 others of every length (the validation texts, shortest to longest)."""
     loaded = load(model_dir, settings=settings)
@@ -228,4 +294,4 @@ def batch_invariance(model_dir: Path, ex: Examples, settings: Settings) -> dict[
     alone = torch.cat([predict(loaded, [t], max_length=settings.max_length) for t in texts])
     delta = float((together - alone).abs().max())
     log.info("batch invariance: max |p(alone) - p(in a batch of %d)| = %.2e", len(texts), delta)
-    return {"texts": len(texts), "max_abs_delta": delta}
+    return BatchInvariance(texts=len(texts), max_abs_delta=delta)

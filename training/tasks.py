@@ -101,6 +101,11 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, f
     }
 
 
+def fmt(metrics: dict[str, float]) -> str:
+    """``mcc 0.4512 accuracy 0.8012``: metrics in a log line."""
+    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
 # --- CoLA -------------------------------------------------------------------------------------------------------
 
 COLA_FILES = {"train": ("in_domain_train.tsv",), "validation": ("in_domain_dev.tsv", "out_of_domain_dev.tsv")}

@@ -16,7 +16,6 @@ gateway: ``/generate``, ``/predict`` and their batch forms.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import zipfile
 from collections.abc import AsyncIterator
@@ -51,7 +50,7 @@ def served_in_torch(directory: Path, base: Settings) -> Settings:
     if not config.exists():
         return base
     served = settings_from((yaml.safe_load(config.read_text()) or {}).get("handler"))
-    return dataclasses.replace(served, engine="torch", num_threads=base.num_threads)
+    return served.model_copy(update={"engine": "torch", "num_threads": base.num_threads})
 
 
 class Passage(BaseModel):
@@ -141,7 +140,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     # torch's default, read before `load` sets it: what a server that never sets it runs with
-    settings = dataclasses.replace(SETTINGS, num_threads=args.threads or torch.get_num_threads())
+    settings = SETTINGS.model_copy(update={"num_threads": args.threads or torch.get_num_threads()})
     app = create_app(cola=args.cola, sentiment=args.sentiment, settings=settings)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
 

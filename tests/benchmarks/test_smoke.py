@@ -3,7 +3,6 @@ and `make soak` run, with the durations cut to one or two seconds."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import subprocess
@@ -116,6 +115,6 @@ def test_the_naive_server_serves_the_archives_checked_settings_in_torch(tiny_sto
     """Same served model as the handler (its fp32 modules, granularity, temperature), on PyTorch's engine."""
     directory = model_dir(tiny_store / "cola-1.0.mar", tmp_path)
     handler = yaml.safe_load((directory / "model-config.yaml").read_text())["handler"]
-    served = served_in_torch(directory, dataclasses.replace(SETTINGS, num_threads=3))
-    assert served == dataclasses.replace(settings_from(handler), engine="torch", num_threads=3)
+    served = served_in_torch(directory, SETTINGS.model_copy(update={"num_threads": 3}))
+    assert served == settings_from(handler).model_copy(update={"engine": "torch", "num_threads": 3})
     assert served_in_torch(tmp_path, SETTINGS) == SETTINGS  # a bare save_pretrained folder: the handler's defaults

@@ -75,7 +75,7 @@ def test_module_of_maps_node_names_to_module_paths() -> None:
 def test_missing_graph_and_unknown_engine_are_clear_errors(tiny_models) -> None:
     with pytest.raises(FileNotFoundError, match=r"must carry model\.onnx"):
         load(tiny_models["cola"], settings=Settings(engine="onnxruntime"))
-    with pytest.raises(ValueError, match="engine must be one of"):
+    with pytest.raises(ValueError, match="engine='tensorrt': Input should be 'torch' or 'onnxruntime'"):
         settings_from({"engine": "tensorrt"})
 
 

@@ -81,13 +81,20 @@ def test_read_texts_rejects(body: object, content_type: str | None, message: str
 def test_settings_from_validates() -> None:
     assert settings_from(None) == Settings()
     assert settings_from({"max_length": 64, "keep_fp32": ["classifier"]}).keep_fp32 == ("classifier",)
-    with pytest.raises(ValueError, match="unknown handler setting"):
+    assert settings_from({"temperature": 2}).temperature == 2.0
+    with pytest.raises(ValueError, match="max_lenght=64: Extra inputs are not permitted"):
         settings_from({"max_lenght": 64})
-    with pytest.raises(ValueError, match="wrong type"):
+    with pytest.raises(ValueError, match="quantize='yes': Input should be a valid boolean"):
         settings_from({"quantize": "yes"})
-    with pytest.raises(ValueError, match="wrong type"):
+    with pytest.raises(ValueError, match="num_threads=0: Input should be greater than 0"):
         settings_from({"num_threads": 0})
-    with pytest.raises(ValueError, match="quantization must be"):
+    with pytest.raises(ValueError, match="max_texts=True: Input should be a valid integer"):
+        settings_from({"max_texts": True})
+    with pytest.raises(ValueError, match="temperature=inf: Input should be a finite number"):
+        settings_from({"temperature": float("inf")})
+    with pytest.raises(ValueError, match=r"keep_fp32\.0=1: Input should be a valid string"):
+        settings_from({"keep_fp32": [1]})
+    with pytest.raises(ValueError, match="quantization='fp4': Input should be 'per_channel' or 'per_tensor'"):
         settings_from({"quantization": "fp4"})
 
 

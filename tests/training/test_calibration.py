@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.calibration import expected_calibration_error, fit_temperature, nll, reliability_points, rescale
+from training.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    reliability_points,
+    rescale,
+    temperature_study,
+)
 
 
 def sampled(logits: np.ndarray, rng: np.random.Generator) -> list[int]:
@@ -46,3 +53,17 @@ def test_reliability_points_count_every_answer_once() -> None:
     points = reliability_points(probs, [0] * 500)
     assert sum(p["count"] for p in points) == 500
     assert all(0 <= p["accuracy"] <= 1 and 1 / 3 <= p["confidence"] <= 1 for p in points)
+
+
+def test_the_temperature_is_served_only_where_it_lowers_the_validation_ece() -> None:
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, size=(5_000, 2))
+    labels = sampled(logits, rng)
+    overconfident = temperature_study(softmax(logits * 2.5), labels, softmax(logits[:500] * 2.5), labels[:500])
+    assert overconfident.temperature == overconfident.fitted_temperature > 2
+    assert set(overconfident.ece) == set(overconfident.nll) == {"validation", "test"}
+    assert len(overconfident.reliability) == 4
+    calibrated = temperature_study(softmax(logits), labels)
+    assert set(calibrated.ece) == {"validation"}
+    helps = calibrated.ece["validation"]["after"] < calibrated.ece["validation"]["before"]
+    assert calibrated.temperature == (calibrated.fitted_temperature if helps else 1.0)

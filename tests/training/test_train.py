@@ -8,15 +8,14 @@ import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 from handlers.text_classification import load, predict, settings_from
 from torchserve_protocol.layout import REPO
 from training.package import main as package_main
-from training.tasks import TASKS, DataError, get_task, read_cola_tsv
-from training.train import main, make_batches
+from training.tasks import TASKS, get_task
+from training.train import main
 
 SMALL = ["--epochs", "2", "--batch-size", "8", "--max-train-rows", "40", "--max-eval-rows", "24", "--max-length", "64"]
 
@@ -184,19 +183,3 @@ def test_command_line_help_and_exit_code(tmp_path: Path) -> None:
     )
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines() == ["error: unknown task 'nope'; expected one of cola, sentiment"]
-
-
-def test_length_grouped_batches_cover_every_row_once() -> None:
-    lengths = [(i * 7) % 23 + 1 for i in range(100)]
-    batches = make_batches(lengths, 8, rng=np.random.default_rng(0), group=True)
-    assert sorted(i for b in batches for i in b) == list(range(100))
-    assert sorted(len(b) for b in batches) == [4] + [8] * 12
-    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
-    assert max(spread) < 23  # grouped: no batch mixes the shortest and the longest texts
-
-
-def test_cola_file_with_wrong_columns_names_file_and_line(tmp_path: Path) -> None:
-    bad = tmp_path / "in_domain_train.tsv"
-    bad.write_text("gj04\t1\t\tFine sentence.\ngj04\tyes\tA second one\n")
-    with pytest.raises(DataError, match=r"in_domain_train.tsv:2: expected 4 tab-separated columns"):
-        read_cola_tsv(bad)

@@ -1,0 +1,63 @@
+"""Fine-tuning a tiny random BERT on a few dozen real rows: typed epoch results, the best epoch kept on disk."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from training.arguments import parse_args
+from training.fit import by_length, fit, make_batches, optimizer_for
+from training.tasks import get_task
+
+
+def test_length_grouped_batches_cover_every_row_once() -> None:
+    lengths = [(i * 7) % 23 + 1 for i in range(100)]
+    batches = make_batches(lengths, 8, rng=np.random.default_rng(0), group=True)
+    assert sorted(i for b in batches for i in b) == list(range(100))
+    assert sorted(len(b) for b in batches) == [4] + [8] * 12
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+    assert max(spread) < 23  # grouped: no batch mixes the shortest and the longest texts
+
+
+def test_evaluation_batches_hold_similar_lengths_and_every_row() -> None:
+    texts = ["a" * n for n in (5, 1, 9, 3, 7)]
+    assert by_length(texts, 2) == [[1, 3], [0, 4], [2]]
+
+
+def test_fit_trains_every_epoch_and_keeps_the_best(
+    tiny_models: dict[str, Path], data_dir: Path, tmp_path: Path
+) -> None:
+    task = get_task("cola")
+    argv = ["--task", "cola", "--base-model", str(tiny_models["cola"]), "--epochs", "2", "--batch-size", "8"]
+    cfg = replace(parse_args([*argv, "--max-length", "64"]), precision="fp32")
+    splits = task.load(data_dir)
+    splits.train = splits.train.subset(32, seed=0)
+    splits.validation = splits.validation.subset(16, seed=0)
+    best_dir = tmp_path / "best"
+
+    result = fit(task, splits, cfg, torch.device("cpu"), best_dir, base=str(tiny_models["cola"]))
+
+    assert [row.epoch for row in result.epochs] == [1, 2]
+    scores = [row.validation[task.metric] for row in result.epochs]
+    assert result.best_epoch == 1 + scores.index(max(scores))  # the first of equal scores
+    assert result.best.validation == result.epochs[result.best_epoch - 1].validation
+    for row in result.epochs:
+        assert sum(map(sum, row.confusion_matrix)) == 16
+        assert row.train_loss > 0
+    saved = AutoModelForSequenceClassification.from_pretrained(best_dir)
+    assert saved.config.id2label == {0: "unacceptable", 1: "acceptable"}
+
+
+def test_weight_decay_spares_biases_and_norms(tiny_models: dict[str, Path]) -> None:
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["cola"])
+    cfg = parse_args(["--task", "cola", "--weight-decay", "0.05"])
+    decay, no_decay = optimizer_for(model, cfg).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.05
+    assert no_decay["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith("bias") or "norm" in names[id(p)].lower() for p in no_decay["params"])
+    assert not any(names[id(p)].endswith("bias") for p in decay["params"])

@@ -26,10 +26,11 @@ from stack.__main__ import build_parser as stack_parser
 from stack.publish import build_parser as publish_parser
 from stack.torchserve import Ports
 from torchserve_protocol.layout import REPO
+from training.arguments import parser as training_parser
 
 DOC = REPO / "docs" / "configuration.md"
 MAKEFILE = REPO / "Makefile"
-ENV_IN_HELP = re.compile(r"\benv ([A-Z][A-Z0-9_]+)")
+ENV_IN_HELP = re.compile(r"(?:\benv |\$)([A-Z][A-Z0-9_]+)")  # "(env NAME)" or "$NAME" in a flag's help
 MAKE_VARIABLE = re.compile(r"^(?:export\s+)?([A-Z][A-Z0-9_]*)\s*\?=\s*(.*)$")
 VARIABLES = ("MODEL_STORE", "RUN_DIR", "TS_HOST", "TS_PORTS", "GATEWAY_HOST", "GATEWAY_PORT", "INFERENCE_KEY_FILE",
              "KEY_FILE", "MANAGEMENT_URL", "BASE_MODEL")  # fmt: skip
@@ -37,7 +38,7 @@ TRAINING_VARIABLES = [
     "## Training the missing default models",
     "",
     "When the store lacks a default model, the launcher (`serve`, `start`, `models`) runs `python -m training.train "
-    "--task <task>` for it (flags: `python -m training.train --help`, docs/training.md).",
+    "--task <task>` for it (its flags: the next section).",
     "",
     "| variable | default | meaning |",
     "|---|---|---|",
@@ -89,6 +90,8 @@ def parser_rows(parser: argparse.ArgumentParser) -> list[str]:
         env = ", ".join(f"`{v}`" for v in ENV_IN_HELP.findall(help_text)) or "-"
         if isinstance(action, argparse._StoreTrueAction):
             default = "off"
+        elif isinstance(action, argparse._StoreFalseAction):
+            default = "on (the flag turns it off)"
         elif not action.option_strings or action.required:
             default = "required"
         else:
@@ -167,6 +170,13 @@ def render() -> str:
                 + "\n```",
             ),
             *TRAINING_VARIABLES,
+            *parser_section(
+                "Training: `python -m training.train`",
+                training_parser(),
+                "Fine-tunes one task and packages the next version into the store (`make train TASK=...`; what each "
+                "default is and why: docs/training.md). Unset defaults come from the task's recipe for its base model "
+                "(`training/tasks.py`).",
+            ),
             *makefile_section(),
             *parser_section(
                 "The gateway process: `python -m gateway`",

@@ -1,27 +1,10 @@
 """The TorchServe client: one inference request per gateway request, sent to one of the replicas (round-robin),
-Bearer keys from each replica's key file, and one error-translation boundary (:func:`translate_errors`) around
-every call. A request that never reached a replica (refused, connect timeout) is sent to the next one first.
+Bearer keys from each replica's key file, and one error-translation boundary (:func:`gateway.errors.translate_errors`;
+that module holds the mapping) around every call. A request that never reached a replica (refused, connect
+timeout) is sent to the next one first.
 Inference is idempotent: an attempt lost with its worker or connection ("Worker died", reset or closed mid-answer,
 no answer within ``attempt_timeout_s``) is sent once more, and the client is answered by ``read_timeout_s`` whatever
-happens (:meth:`TorchServeClient._at_most_twice`). The mapping below applies to the attempt that answers.
-
-The mapping, in one place (docs/gateway.md repeats it):
-
-=======================================================  ======================================
-TorchServe / transport                                   gateway answer
-=======================================================  ======================================
-connection refused / reset, connect timeout              503 ``unavailable`` + Retry-After
-no free pooled connection in time                        503 ``unavailable`` + Retry-After
-key file missing or key still rejected after one retry   503 ``unavailable`` + Retry-After
-503 (no worker, queue full)                              503 ``unavailable`` + Retry-After
-500/507 "Worker died" (killed mid-batch; restarted)     503 ``unavailable`` + Retry-After
-404 for the default version (model not registered)       503 ``unavailable`` + Retry-After
-404 for a pinned version                                 404 ``model_version_not_found``
-413 (over TorchServe's max_request_size)                 413 ``payload_too_large``
-other 4xx (the handler's 400 for a bad text)             422 ``invalid_input`` with its message
-read / write timeout, 504                                504 ``timeout``
-other 5xx, unreadable answer                             502 ``bad_gateway``
-=======================================================  ======================================
+happens (:meth:`TorchServeClient._at_most_twice`). The error mapping applies to the attempt that answers.
 """
 
 from __future__ import annotations
@@ -38,15 +21,7 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
-from gateway.errors import (
-    BadGateway,
-    GatewayError,
-    InvalidInput,
-    ModelVersionNotFound,
-    PayloadTooLarge,
-    Unavailable,
-    UpstreamTimeout,
-)
+from gateway.errors import BadGateway, GatewayError, Unavailable, UpstreamStatusError, translate_errors
 from gateway.keys import KeyFile, KeyFileError, KeyKind
 from gateway.metrics import Metrics
 from gateway.replicas import Resolve, Rotation, Upstream, discover, given, resolve_all
@@ -56,35 +31,9 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 KEY_POLL_S = 0.05
-MAX_MESSAGE_CHARS = 300
 # Failures that prove the request never reached TorchServe: safe to send it to another replica.
 NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, KeyFileError)
 _T = TypeVar("_T")
-
-
-class UpstreamStatusError(Exception):
-    """TorchServe answered with an error status; carries what :func:`translate_errors` needs to map it."""
-
-    def __init__(self, response: httpx.Response, *, model: str, version: str | None) -> None:
-        super().__init__(f"TorchServe answered {response.status_code}")
-        self.status = response.status_code
-        self.kind, self.message = _error_of(response)
-        self.model = model
-        self.version = version
-
-
-def _error_of(response: httpx.Response) -> tuple[str, str]:
-    """``(type, message)`` of an error answer: TorchServe's ``{"code","type","message"}`` or the handler's
-    ``{"error","type"}``; never more than a few hundred characters."""
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return "", response.text[:MAX_MESSAGE_CHARS]
-    if not isinstance(body, dict):
-        return "", str(body)[:MAX_MESSAGE_CHARS]
-    message = body.get("error") or body.get("message") or ""
-    return str(body.get("type", "")), str(message)[:MAX_MESSAGE_CHARS]
-
 
 READY_PROBE_BODY = b'{"text": "ready"}'
 
@@ -92,43 +41,6 @@ READY_PROBE_BODY = b'{"text": "ready"}'
 def is_invalid_key(response: httpx.Response) -> bool:
     """TorchServe answers a missing, expired or rotated key with 400 ``InvalidKeyException`` (not 401)."""
     return response.status_code in (400, 401) and b"InvalidKey" in response.content
-
-
-@asynccontextmanager
-async def translate_errors(*, retry_after_s: int) -> AsyncIterator[None]:
-    """The one boundary: every TorchServe call runs inside it and leaves it only as a :mod:`gateway.errors` error."""
-    try:
-        yield
-    except UpstreamStatusError as exc:
-        status, what = exc.status, f"model {exc.model!r}"
-        if exc.kind == "InvalidKeyException":
-            raise Unavailable("TorchServe rejected the gateway's key", retry_after_s=retry_after_s) from exc
-        if status == 404 and exc.version is not None:
-            raise ModelVersionNotFound(f"{what} has no version {exc.version!r}") from exc
-        if status == 404:
-            raise Unavailable(f"{what} is not registered in TorchServe", retry_after_s=retry_after_s) from exc
-        if status == 413:
-            raise PayloadTooLarge(f"TorchServe refused the request as too large: {exc.message}") from exc
-        if status in (503, 507) or "Worker died" in (exc.message or ""):  # transient: TorchServe starts a new one
-            raise Unavailable(f"{what} cannot serve now: {exc.message}", retry_after_s=retry_after_s) from exc
-        if status == 504:
-            raise UpstreamTimeout(f"{what} did not answer in time: {exc.message}") from exc
-        if 400 <= status < 500:
-            raise InvalidInput(exc.message or f"TorchServe refused the input ({status})") from exc
-        raise BadGateway(f"TorchServe failed ({status}): {exc.message}") from exc
-    except KeyFileError as exc:  # the message names a path: logged, not answered
-        log.warning("%s", exc)
-        raise Unavailable("TorchServe's key file cannot be read yet", retry_after_s=retry_after_s) from exc
-    except httpx.PoolTimeout as exc:
-        raise Unavailable("the gateway is saturated: no free connection", retry_after_s=retry_after_s) from exc
-    except httpx.ConnectTimeout as exc:
-        raise Unavailable("TorchServe is not reachable (connect timeout)", retry_after_s=retry_after_s) from exc
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout("TorchServe did not answer in time") from exc
-    except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:  # refused, reset, closed mid-answer
-        raise Unavailable(f"TorchServe is not reachable ({type(exc).__name__})", retry_after_s=retry_after_s) from exc
-    except httpx.HTTPError as exc:
-        raise BadGateway(f"TorchServe call failed ({type(exc).__name__})") from exc
 
 
 def lost(attempt: asyncio.Future[httpx.Response]) -> str | None:

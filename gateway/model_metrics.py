@@ -18,7 +18,8 @@ import bisect
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+
+from gateway.answers import Classification
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -79,24 +80,19 @@ class ModelMetrics:
     def _timed(self, model: str, version: str, seconds: float) -> None:
         self.latency.setdefault((model, version), Histogram(LATENCY_BUCKETS)).observe(seconds)
 
-    def answered(self, model: str, version: str, role: str, seconds: float, items: Iterable[Any]) -> None:
-        """One request answered 200 by ``version``; ``items`` are the handler's ``{label, probabilities}`` objects."""
+    def answered(self, model: str, version: str, role: str, seconds: float, items: Iterable[Classification]) -> None:
+        """One request answered 200 by ``version``; ``items``: the answer for each text."""
         version = self._version(model, version)
         self.requests[(model, version, role)] += 1
         self._timed(model, version, seconds)
         known = self._labels.setdefault((model, version), set())
         confidence = self.confidence.setdefault((model, version), Histogram(CONFIDENCE_BUCKETS))
         for item in items:
-            if not isinstance(item, dict):
-                continue
-            label = str(item.get("label", OTHER))
-            if label not in known and len(known) >= MAX_LABELS:
-                label = OTHER
+            label = item.label if item.label in known or len(known) < MAX_LABELS else OTHER
             known.add(label)
             self.predictions[(model, version, label)] += 1
-            probabilities = item.get("probabilities")
-            if isinstance(probabilities, dict) and probabilities:
-                confidence.observe(float(max(probabilities.values())))
+            if item.probabilities:
+                confidence.observe(max(item.probabilities.values()))
 
     def failed(self, model: str, version: str | None, role: str, seconds: float, kind: str) -> None:
         """One request that ended in a gateway error of type ``kind``; ``version`` when the gateway chose it."""

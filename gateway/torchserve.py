@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 import httpx
 import orjson
 
-from gateway.errors import BadGateway, GatewayError, Unavailable, UpstreamStatusError, translate_errors
+from gateway.answers import Prediction, read_answer
+from gateway.errors import GatewayError, Unavailable, UpstreamStatusError, translate_errors
 from gateway.keys import KeyFile, KeyFileError, KeyKind
 from gateway.metrics import Metrics
 from gateway.replicas import Resolve, Rotation, Upstream, discover, given, resolve_all
@@ -56,12 +57,6 @@ def lost(attempt: asyncio.Future[httpx.Response]) -> str | None:
     if isinstance(failure, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
         return "connection_broken"
     return None
-
-
-@dataclass(frozen=True)
-class Prediction:
-    body: Any  # the handler's JSON: one {"label", "probabilities"} object, or a list of them
-    version: str | None  # X-Model-Version as TorchServe answered it
 
 
 @dataclass(frozen=True)
@@ -288,10 +283,12 @@ class TorchServeClient:
                 elif not attempt.cancelled():
                     attempt.exception()  # retrieved: a failure nobody needs is not reported as unhandled
 
-    async def predict(self, model: str, payload: dict[str, Any], *, version: str | None = None) -> Prediction:
-        """POST one request to ``/predictions/{model}[/{version}]`` of a replica; the answer's JSON and version."""
+    async def predict(self, model: str, texts: str | list[str], *, version: str | None = None) -> Prediction:
+        """POST one text (``{"text"}``) or a list (``{"texts"}``) in one request to ``/predictions/{model}[/{version}]``
+        of a replica; the typed classifications (one per text, in order) and the version that answered."""
         path = f"/predictions/{model}" + (f"/{version}" if version else "")
-        content = orjson.dumps(payload)
+        batch = isinstance(texts, list)
+        content = orjson.dumps({"texts": texts} if batch else {"text": texts})
 
         headers = {"Content-Type": "application/json"}
         request_id = current_request_id.get()
@@ -305,11 +302,10 @@ class TorchServeClient:
             response = await self._at_most_twice(post)
             if response.status_code != 200:
                 raise UpstreamStatusError(response, model=model, version=version)
-            try:
-                body = orjson.loads(response.content)
-            except orjson.JSONDecodeError as exc:
-                raise BadGateway(f"TorchServe answered non-JSON for model {model!r}") from exc
-        return Prediction(body=body, version=response.headers.get("X-Model-Version") or version)
+        answered = response.headers.get("X-Model-Version") or version
+        texts_sent = len(texts) if batch else None
+        results = read_answer(response.content, model=model, texts=texts_sent, version=answered)
+        return Prediction(results=results, version=answered)
 
     async def readiness(self, models: Sequence[str]) -> Readiness:
         """Ask every replica for every model; ready when one replica has a READY worker for all of them."""

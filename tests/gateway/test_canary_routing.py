@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from gateway.answers import Classification
 from gateway.app import create_app
 from gateway.model_metrics import MAX_VERSIONS, ModelMetrics
 from gateway.settings import Settings
@@ -109,7 +110,7 @@ def test_metrics_are_per_version_and_role(split_client: TestClient, store: Path)
 def test_model_metrics_bound_the_versions() -> None:
     metrics = ModelMetrics()
     for i in range(MAX_VERSIONS + 10):
-        metrics.answered("cola", f"{i}.0", "pinned", 0.01, [{"label": "a", "probabilities": {"a": 0.9}}])
+        metrics.answered("cola", f"{i}.0", "pinned", 0.01, [Classification(label="a", probabilities={"a": 0.9})])
     assert len(metrics.latency) == MAX_VERSIONS + 1  # the last one is "other"
     assert metrics.requests[("cola", "other", "pinned")] == 10
 

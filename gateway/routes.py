@@ -7,9 +7,9 @@ No ``from __future__ import annotations`` here: FastAPI reads these signatures a
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -34,9 +34,10 @@ from gateway.schemas import (
     PredictResponse,
     ReadyResponse,
     ReplicaCounts,
+    TextsRequest,
     generate_result,
     predict_result,
-    request_bodies,
+    request_models,
 )
 from gateway.settings import Settings
 from gateway.torchserve import TorchServeClient
@@ -148,19 +149,25 @@ class Inference:
     tag: str
     summary: str
     model: str
-    body: Callable[..., Awaitable[str]] | Callable[..., Awaitable[list[str]]]
+    request: type[TextsRequest]  # the body, with the configured limits
     contract: Callable[[Classification], BaseModel]
     response_model: type[BaseModel]
 
 
 def add_inference_route(router: APIRouter, route: Inference) -> None:
+    """``route``'s endpoint. Its body is typed with the request model built from the settings: FastAPI reads the
+    annotation when the function is defined (a class chosen at runtime, which mypy cannot follow). Not a FastAPI
+    dependency: each one costs CPU on every request (measured in docs/performance.md)."""
+    Body = route.request
+
     async def endpoint(
-        texts: Annotated[str | list[str], Depends(route.body)],
+        body: Body,  # type: ignore[valid-type]
         request: Request,
         client: TorchServe,
         version: ModelVersion = None,
         client_key: ClientKey = None,
     ) -> Response:
+        texts = cast(TextsRequest, body).payload()
         return await infer(
             request, client, route.model, texts, pinned=version, client_key=client_key, contract=route.contract
         )
@@ -172,18 +179,18 @@ def add_inference_route(router: APIRouter, route: Inference) -> None:
 
 
 def build_router(settings: Settings) -> APIRouter:
-    bodies = request_bodies(max_chars=settings.max_text_chars, max_items=settings.max_batch_items)
+    models = request_models(max_chars=settings.max_text_chars, max_items=settings.max_batch_items)
     cola, sentiment = settings.generate_model, settings.predict_model
     router = APIRouter()
     for route in (
-        Inference("/generate", "generate", "cola", "P(acceptable) of one passage", cola, bodies.generate,
+        Inference("/generate", "generate", "cola", "P(acceptable) of one passage", cola, models.generate,
                   generate_result, GenerateResponse),
         Inference("/generate/batch", "generate_batch", "cola", "P(acceptable) of many passages", cola,
-                  bodies.generate_batch, generate_result, GenerateBatchResponse),
-        Inference("/predict", "predict", "sentiment", "Sentiment of one text", sentiment, bodies.predict,
+                  models.generate_batch, generate_result, GenerateBatchResponse),
+        Inference("/predict", "predict", "sentiment", "Sentiment of one text", sentiment, models.predict,
                   predict_result, PredictResponse),
         Inference("/predict/batch", "predict_batch", "sentiment", "Sentiment of many texts", sentiment,
-                  bodies.predict_batch, predict_result, PredictBatchResponse),
+                  models.predict_batch, predict_result, PredictBatchResponse),
     ):  # fmt: skip
         add_inference_route(router, route)
 

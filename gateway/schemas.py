@@ -2,15 +2,13 @@
 ``text``/``sentiment``/``confidence``/``probabilities`` (/predict).
 
 Request models carry the configured limits (characters per text, items per batch), so they are built once per app
-by :func:`request_bodies`; the OpenAPI schema at ``/docs`` then shows the limits actually enforced. Responses are
+by :func:`request_models`; the OpenAPI schema at ``/docs`` then shows the limits actually enforced. Responses are
 mapped from the handler's typed answer (:class:`~gateway.answers.Classification`) by label *name* (``id2label``
 travels in the archive), never by index.
-
-No ``from __future__ import annotations`` here: FastAPI reads the signatures of :func:`request_bodies`' functions at
-runtime, and the request models they name are local to it.
 """
 
-from collections.abc import Awaitable, Callable
+from __future__ import annotations
+
 from typing import Annotated, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -112,18 +110,23 @@ def _batch_doc(max_chars: int, max_items: int) -> str:
     return f"1 to {max_items} items in one TorchServe request, answered in order; each " + _text_doc(max_chars)
 
 
-class RequestBodies(NamedTuple):
-    """Each inference route's body as a FastAPI dependency: FastAPI validates it with a request model carrying the
-    configured limits, and the dependency returns what TorchServe gets, one text or the list of texts."""
+class TextsRequest(_Strict):
+    """An inference request body: the text or texts it carries go to TorchServe as they are."""
 
-    generate: Callable[..., Awaitable[str]]
-    generate_batch: Callable[..., Awaitable[list[str]]]
-    predict: Callable[..., Awaitable[str]]
-    predict_batch: Callable[..., Awaitable[list[str]]]
+    def payload(self) -> str | list[str]:
+        raise NotImplementedError
 
 
-def request_bodies(*, max_chars: int, max_items: int) -> RequestBodies:
-    """The four request models, built once per app from the configured limits (settings bound them by the handler's)."""
+class RequestModels(NamedTuple):
+    generate: type[TextsRequest]
+    generate_batch: type[TextsRequest]
+    predict: type[TextsRequest]
+    predict_batch: type[TextsRequest]
+
+
+def request_models(*, max_chars: int, max_items: int) -> RequestModels:
+    """The four request bodies, built once per app from the configured limits (settings bound them by the handler's),
+    so that what FastAPI validates and what /openapi.json shows are the same limits."""
     # The pattern documents what _not_blank checks (a character that is not whitespace); _not_blank stays the check.
     Text = Annotated[
         str,
@@ -132,35 +135,35 @@ def request_bodies(*, max_chars: int, max_items: int) -> RequestBodies:
     ]
     one, many = _text_doc(max_chars), _batch_doc(max_chars, max_items)
 
-    class GenerateRequest(_Strict):
+    class GenerateRequest(TextsRequest):
         model_config = ConfigDict(json_schema_extra={"examples": [{"passage": PASSAGE}]})
         passage: Text = Field(description=one)
 
-    class GenerateBatchRequest(_Strict):
+        def payload(self) -> str:
+            return self.passage
+
+    class GenerateBatchRequest(TextsRequest):
         model_config = ConfigDict(json_schema_extra={"examples": [{"passages": [PASSAGE, "I am a boy"]}]})
         passages: list[Text] = Field(min_length=1, max_length=max_items, description=many)
 
-    class PredictRequest(_Strict):
+        def payload(self) -> list[str]:
+            return self.passages
+
+    class PredictRequest(TextsRequest):
         model_config = ConfigDict(json_schema_extra={"examples": [{"text": REVIEW}]})
         text: Text = Field(description=one)
 
-    class PredictBatchRequest(_Strict):
+        def payload(self) -> str:
+            return self.text
+
+    class PredictBatchRequest(TextsRequest):
         model_config = ConfigDict(json_schema_extra={"examples": [{"texts": [REVIEW, "It crashes after the update"]}]})
         texts: list[Text] = Field(min_length=1, max_length=max_items, description=many)
 
-    async def generate(body: GenerateRequest) -> str:
-        return body.passage
+        def payload(self) -> list[str]:
+            return self.texts
 
-    async def generate_batch(body: GenerateBatchRequest) -> list[str]:
-        return body.passages
-
-    async def predict(body: PredictRequest) -> str:
-        return body.text
-
-    async def predict_batch(body: PredictBatchRequest) -> list[str]:
-        return body.texts
-
-    return RequestBodies(generate, generate_batch, predict, predict_batch)
+    return RequestModels(GenerateRequest, GenerateBatchRequest, PredictRequest, PredictBatchRequest)
 
 
 # The contracts' answers for one text. The answer's values were checked when it was read (gateway.answers: numbers

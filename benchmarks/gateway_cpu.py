@@ -39,6 +39,7 @@ def started(cmd: list[str], *, cwd: Path, env: dict[str, str], ready_url: str | 
         yield process.pid
     finally:
         stop_process_group(process.pid, timeout=10)
+        process.wait(timeout=10)
 
 
 def main() -> int:

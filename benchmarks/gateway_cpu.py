@@ -1,21 +1,27 @@
-"""The gateway's own CPU per proxied request: ``python -m gateway`` in front of a running TorchServe, ``/generate``
-with CoLA dev sentences under ``wrk``; CPU seconds of the gateway process divided by the requests it answered.
+"""The gateway's own CPU per proxied request: ``python -m gateway`` in front of TorchServe (or a stand-in),
+``/generate`` with CoLA dev sentences under ``wrk``; CPU seconds of the gateway process divided by the requests it
+answered.
 
     .venv/bin/python -m benchmarks.gateway_cpu --inference-url http://127.0.0.1:8080 \\
         --management-url http://127.0.0.1:8081 --key-file run/torchserve/key_file.json [--seconds 10 --runs 3]
+    .venv/bin/python -m benchmarks.gateway_cpu --stand-in --tree /tmp/before --tree . --runs 6
 
-Against ``make start``'s TorchServe the defaults fit. With tiny test models behind it the model costs almost nothing,
-so the gateway's share is what is left to measure.
+Against ``make start``'s TorchServe the defaults fit. ``--stand-in`` puts :mod:`benchmarks.stand_in` behind the
+gateway instead (the model costs nothing, the machine is left to the gateway). Each ``--tree`` is a checkout whose
+gateway is measured (default: this one); with several, their runs alternate, so that the load of a shared machine
+falls on all of them alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.load import ENDPOINTS, cola_sentences, run_wrk, write_bodies
@@ -24,45 +30,66 @@ from stack.torchserve import stop_process_group, wait_http
 from torchserve_protocol.layout import REPO, key_file_in
 
 
+@contextlib.contextmanager
+def started(cmd: list[str], *, cwd: Path, env: dict[str, str], ready_url: str | None) -> Iterator[int]:
+    """A process group running ``cmd``; its pid once ``ready_url`` answers (or at once); stopped on exit."""
+    process = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True)
+    try:
+        if ready_url is not None:
+            wait_http(ready_url, timeout=30, process=process)
+        yield process.pid
+    finally:
+        stop_process_group(process.pid, timeout=10)
+        process.wait(timeout=10)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inference-url", default="http://127.0.0.1:8080")
     parser.add_argument("--management-url", default="http://127.0.0.1:8081")
     parser.add_argument("--key-file", type=Path, default=key_file_in(REPO / "run"))
+    parser.add_argument("--stand-in", action="store_true", help="benchmarks.stand_in instead of TorchServe")
+    parser.add_argument("--tree", type=Path, action="append", help="a checkout whose gateway is measured (repeat)")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", REPO.parent / "shared/data")))
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
-    port = free_ports(1)[0]
-    env = {
-        **os.environ,
-        "GATEWAY_INFERENCE_URL": args.inference_url,
-        "GATEWAY_MANAGEMENT_URL": args.management_url,
-        "GATEWAY_KEY_FILE": str(args.key_file.resolve()),
-    }
-    cmd = [sys.executable, "-m", "gateway", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/health", timeout=30, process=process)
-        procs = tree(process.pid)
-        with tempfile.TemporaryDirectory() as tmp:
-            bodies = write_bodies(Path(tmp) / "bodies", cola_sentences(args.data_dir), ENDPOINTS["generate"],
-                                  torchserve=False)  # fmt: skip
+    trees = [path.resolve() for path in args.tree or [REPO]]
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ)
+        if args.stand_in:
+            port, key_file = free_ports(1)[0], Path(tmp) / "key_file.json"
+            cmd = [sys.executable, "-m", "benchmarks.stand_in", "--port", str(port), "--key-file", str(key_file)]
+            stack.enter_context(started(cmd, cwd=REPO, env=env, ready_url=None))
+            args.inference_url = args.management_url = f"http://127.0.0.1:{port}"
+            args.key_file = key_file
+        env.update(GATEWAY_INFERENCE_URL=args.inference_url, GATEWAY_MANAGEMENT_URL=args.management_url,
+                   GATEWAY_KEY_FILE=str(args.key_file.resolve()))  # fmt: skip
+        bodies = write_bodies(Path(tmp) / "bodies", cola_sentences(args.data_dir), ENDPOINTS["generate"],
+                              torchserve=False)  # fmt: skip
+        urls, procs = {}, {}
+        for where, port in zip(trees, free_ports(len(trees)), strict=True):
+            urls[where] = url = f"http://127.0.0.1:{port}"
+            cmd = [sys.executable, "-m", "gateway", "--port", str(port), "--log-level", "warning"]
+            gateway = stack.enter_context(
+                started(cmd, cwd=where, env={**env, "PYTHONPATH": str(where)}, ready_url=f"{url}/health")
+            )
+            procs[where] = tree(gateway)
             run_wrk(f"{url}/generate", bodies, connections=args.connections, seconds=2)  # warm-up
-            per_request = []
-            for _ in range(args.runs):
-                wait_idle(procs)
-                before = cpu_seconds(procs)
-                result = run_wrk(f"{url}/generate", bodies, connections=args.connections, seconds=args.seconds)
-                ms = (cpu_seconds(procs) - before) / max(result.requests, 1) * 1000
-                per_request.append(ms)
-                print(f"gateway CPU {ms:.3f} ms/request, {result.rps:.0f} requests/s, p50 {result.p50_ms:.1f} ms, "
-                      f"p99 {result.p99_ms:.1f} ms, errors {result.errors}", flush=True)  # fmt: skip
-        print(f"median gateway CPU per /generate: {statistics.median(per_request):.3f} ms")
-    finally:
-        stop_process_group(process.pid, timeout=10)
+        per_request: dict[Path, list[float]] = {where: [] for where in trees}
+        for _ in range(args.runs):
+            for where in trees:
+                wait_idle(procs[where])
+                before = cpu_seconds(procs[where])
+                result = run_wrk(f"{urls[where]}/generate", bodies, connections=args.connections, seconds=args.seconds)
+                ms = (cpu_seconds(procs[where]) - before) / max(result.requests, 1) * 1000
+                per_request[where].append(ms)
+                latency = f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, errors {result.errors}"
+                print(f"{where}: gateway CPU {ms:.3f} ms/request, {result.rps:.0f} requests/s, {latency}", flush=True)
+    for where, values in per_request.items():
+        runs = ", ".join(f"{ms:.3f}" for ms in values)
+        print(f"median gateway CPU per /generate, {where}: {statistics.median(values):.3f} ms ({runs})")
     return 0
 
 

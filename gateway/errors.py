@@ -1,23 +1,48 @@
 """The gateway's closed set of errors and the one exception handler that renders them as ``{"error", "type"}``.
 
-Everything a client can get wrong or TorchServe can do ends up as one of these classes (upstream failures are
-translated in :func:`gateway.torchserve.translate_errors`); nothing a client sends may produce a 500.
+Everything a client can get wrong or TorchServe can do ends up as one of these classes: upstream failures are
+translated at one boundary, :func:`translate_errors`, around every TorchServe call; nothing a client sends may
+produce a 500.
+
+The mapping, in one place (docs/gateway.md repeats it):
+
+=======================================================  ======================================
+TorchServe / transport                                   gateway answer
+=======================================================  ======================================
+connection refused / reset, connect timeout              503 ``unavailable`` + Retry-After
+no free pooled connection in time                        503 ``unavailable`` + Retry-After
+key file missing or key still rejected after one retry   503 ``unavailable`` + Retry-After
+503 (no worker, queue full)                              503 ``unavailable`` + Retry-After
+500/507 "Worker died" (killed mid-batch; restarted)     503 ``unavailable`` + Retry-After
+404 for the default version (model not registered)       503 ``unavailable`` + Retry-After
+404 for a pinned version                                 404 ``model_version_not_found``
+413 (over TorchServe's max_request_size)                 413 ``payload_too_large``
+other 4xx (the handler's 400 for a bad text)             422 ``invalid_input`` with its message
+read / write timeout, 504                                504 ``timeout``
+other 5xx, unreadable answer                             502 ``bad_gateway``
+=======================================================  ======================================
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
+import httpx
+import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.request_id import current_request_id
+from torchserve_protocol.keys import INVALID_KEY_TYPE, KeyFileError
 
 log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 300
 
 
 class GatewayError(Exception):
@@ -90,6 +115,67 @@ class Unavailable(GatewayError):
 class UpstreamTimeout(GatewayError):
     status = 504
     type = "timeout"
+
+
+class UpstreamStatusError(Exception):
+    """TorchServe answered with an error status; carries what :func:`translate_errors` needs to map it."""
+
+    def __init__(self, response: httpx.Response, *, model: str, version: str | None) -> None:
+        super().__init__(f"TorchServe answered {response.status_code}")
+        self.status = response.status_code
+        self.kind, self.message = _error_of(response)
+        self.model = model
+        self.version = version
+
+
+def _error_of(response: httpx.Response) -> tuple[str, str]:
+    """``(type, message)`` of an error answer: TorchServe's ``{"code","type","message"}`` or the handler's
+    ``{"error","type"}``; never more than a few hundred characters."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return "", response.text[:MAX_MESSAGE_CHARS]
+    if not isinstance(body, dict):
+        return "", str(body)[:MAX_MESSAGE_CHARS]
+    message = body.get("error") or body.get("message") or ""
+    return str(body.get("type", "")), str(message)[:MAX_MESSAGE_CHARS]
+
+
+@asynccontextmanager
+async def translate_errors(*, retry_after_s: int) -> AsyncIterator[None]:
+    """The one boundary: every TorchServe call runs inside it and leaves it only as a :mod:`gateway.errors` error."""
+    try:
+        yield
+    except UpstreamStatusError as exc:
+        status, what = exc.status, f"model {exc.model!r}"
+        if exc.kind == INVALID_KEY_TYPE:
+            raise Unavailable("TorchServe rejected the gateway's key", retry_after_s=retry_after_s) from exc
+        if status == 404 and exc.version is not None:
+            raise ModelVersionNotFound(f"{what} has no version {exc.version!r}") from exc
+        if status == 404:
+            raise Unavailable(f"{what} is not registered in TorchServe", retry_after_s=retry_after_s) from exc
+        if status == 413:
+            raise PayloadTooLarge(f"TorchServe refused the request as too large: {exc.message}") from exc
+        if status in (503, 507) or "Worker died" in (exc.message or ""):  # transient: TorchServe starts a new one
+            raise Unavailable(f"{what} cannot serve now: {exc.message}", retry_after_s=retry_after_s) from exc
+        if status == 504:
+            raise UpstreamTimeout(f"{what} did not answer in time: {exc.message}") from exc
+        if 400 <= status < 500:
+            raise InvalidInput(exc.message or f"TorchServe refused the input ({status})") from exc
+        raise BadGateway(f"TorchServe failed ({status}): {exc.message}") from exc
+    except KeyFileError as exc:  # the message names a path: logged, not answered
+        log.warning("%s", exc)
+        raise Unavailable("TorchServe's key file cannot be read yet", retry_after_s=retry_after_s) from exc
+    except httpx.PoolTimeout as exc:
+        raise Unavailable("the gateway is saturated: no free connection", retry_after_s=retry_after_s) from exc
+    except httpx.ConnectTimeout as exc:
+        raise Unavailable("TorchServe is not reachable (connect timeout)", retry_after_s=retry_after_s) from exc
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout("TorchServe did not answer in time") from exc
+    except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:  # refused, reset, closed mid-answer
+        raise Unavailable(f"TorchServe is not reachable ({type(exc).__name__})", retry_after_s=retry_after_s) from exc
+    except httpx.HTTPError as exc:
+        raise BadGateway(f"TorchServe call failed ({type(exc).__name__})") from exc
 
 
 _HTTP_TYPES: dict[int, type[GatewayError]] = {

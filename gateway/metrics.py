@@ -1,21 +1,22 @@
 """The gateway's own Prometheus metrics: request counts and a latency histogram per method, route and status (the
 per-version families live in :mod:`gateway.model_metrics`).
 
-A small hand-written registry (two metric families need no dependency), owned by one app instance, plus a pure
-ASGI middleware that feeds it. Routes are labelled by their template (``/predict``), unmatched paths as
-``<unmatched>``, so a client cannot grow the label set. Each uvicorn worker process has its own registry.
+Plain counters owned by one app instance, fed by a pure ASGI middleware; prometheus-client writes the exposition
+(:meth:`Metrics.collect`). Routes are labelled by their template (``/predict``), unmatched paths as ``<unmatched>``,
+so a client cannot grow the label set. Each uvicorn worker process has its own registry.
 """
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.model_metrics import ModelMetrics
+from gateway.model_metrics import Histogram, ModelMetrics, counter, histogram
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 UNMATCHED = "<unmatched>"
@@ -28,24 +29,16 @@ Labels = tuple[str, str, str]  # method, route, status
 RETRY_REASONS = ("worker_died", "connection_broken", "no_answer")
 
 
-@dataclass
-class _Histogram:
-    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
-    total: float = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self.total += seconds
-
-
 class Metrics:
     """``gateway_requests_total``, ``gateway_request_duration_seconds`` and ``gateway_upstream_retries_total``, plus
     the per-model, per-version families of :class:`~gateway.model_metrics.ModelMetrics` (``models``)."""
 
     def __init__(self) -> None:
-        self._histograms: dict[Labels, _Histogram] = defaultdict(_Histogram)
+        self._histograms: dict[Labels, Histogram] = defaultdict(lambda: Histogram(BUCKETS))
         self.retries: Counter[str] = Counter()
         self.models = ModelMetrics()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self._histograms[(method, route, str(status))].observe(seconds)
@@ -54,40 +47,21 @@ class Metrics:
         """One inference request sent to TorchServe a second time (``reason``: why the first attempt was lost)."""
         self.retries[reason] += 1
 
-    def render(self) -> str:
-        lines = [
-            "# HELP gateway_requests_total HTTP requests answered by the gateway.",
-            "# TYPE gateway_requests_total counter",
-        ]
-        items = sorted(self._histograms.items())
-        for labels, hist in items:
-            lines.append(f"gateway_requests_total{{{_labels(labels)}}} {sum(hist.counts)}")
-        lines += [
-            "# HELP gateway_request_duration_seconds Time from request start to the end of the response.",
-            "# TYPE gateway_request_duration_seconds histogram",
-        ]
-        for labels, hist in items:
-            base = _labels(labels)
-            cumulative = 0
-            for bound, count in zip((*BUCKETS, float("inf")), hist.counts, strict=True):
-                cumulative += count
-                le = "+Inf" if bound == float("inf") else repr(bound)
-                lines.append(f'gateway_request_duration_seconds_bucket{{{base},le="{le}"}} {cumulative}')
-            lines.append(f"gateway_request_duration_seconds_sum{{{base}}} {hist.total:.6f}")
-            lines.append(f"gateway_request_duration_seconds_count{{{base}}} {cumulative}")
-        lines += [
-            "# HELP gateway_upstream_retries_total Inference requests sent to TorchServe a second time, by reason.",
-            "# TYPE gateway_upstream_retries_total counter",
-        ]
-        for reason in RETRY_REASONS:
-            lines.append(f'gateway_upstream_retries_total{{reason="{reason}"}} {self.retries[reason]}')
-        lines += self.models.render()
-        return "\n".join(lines) + "\n"
+    def collect(self) -> Iterator[Metric]:
+        """The families, as prometheus-client's registry asks a collector for them."""
+        labels = ("method", "route", "status")
+        requests = {key: sum(hist.counts) for key, hist in self._histograms.items()}
+        yield counter("gateway_requests", "HTTP requests answered by the gateway.", labels, requests)
+        yield histogram("gateway_request_duration_seconds", "Time from request start to the end of the response.",
+                        labels, self._histograms)  # fmt: skip
+        retries = {(reason,): self.retries[reason] for reason in RETRY_REASONS}
+        yield counter("gateway_upstream_retries", "Inference requests sent to TorchServe a second time, by reason.",
+                      ("reason",), retries)  # fmt: skip
+        yield from self.models.collect()
 
-
-def _labels(labels: Labels) -> str:
-    method, route, status = (value.replace("\\", "\\\\").replace('"', '\\"') for value in labels)
-    return f'method="{method}",route="{route}",status="{status}"'
+    def render(self) -> bytes:
+        """The Prometheus text format 0.0.4 (:data:`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
 
 
 class MetricsMiddleware:

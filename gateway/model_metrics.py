@@ -10,15 +10,25 @@ TorchServe answered (a failed pinned request, whose version is the client's, is 
 a label name of the model's own ``id2label``, ``type`` is one of the gateway's closed set of error types. On top,
 at most :data:`MAX_VERSIONS` model-version pairs and :data:`MAX_LABELS` labels per pair are kept; the rest are
 counted under ``other``.
+
+Counting is plain dicts on the request path; prometheus-client writes the exposition (:meth:`ModelMetrics.collect`).
+Its own metric classes cost more CPU per request than these (measured: docs/performance.md).
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
+import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+from gateway.answers import Classification
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -27,6 +37,7 @@ MAX_LABELS = 32
 OTHER = "other"
 UNKNOWN = "unknown"
 ROLES = ("default", "canary", "pinned")
+_Labels = TypeVar("_Labels", bound=tuple[str, ...])
 
 
 @dataclass
@@ -42,23 +53,27 @@ class Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    def lines(self, name: str, labels: str) -> list[str]:
-        out, cumulative = [], 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            cumulative += count
-            le = "+Inf" if bound == float("inf") else repr(bound)
-            out.append(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}')
-        out.append(f"{name}_sum{{{labels}}} {self.total:.6f}")
-        out.append(f"{name}_count{{{labels}}} {cumulative}")
-        return out
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative counts per upper bound, ``+Inf`` last (Prometheus' ``le`` buckets)."""
+        bounds = (*self.bounds, math.inf)
+        return [(floatToGoString(b), n) for b, n in zip(bounds, itertools.accumulate(self.counts), strict=True)]
 
 
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def counter(name: str, documentation: str, labels: tuple[str, ...], counts: Mapping[_Labels, int]) -> Metric:
+    """A counter family (``name`` without ``_total``) with one sample per label tuple, in label order."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, count in sorted(counts.items()):
+        family.add_metric(values, count)
+    return family
 
 
-def _labels(**labels: str) -> str:
-    return ",".join(f'{key}="{_quote(value)}"' for key, value in labels.items())
+def histogram(
+    name: str, documentation: str, labels: tuple[str, ...], histograms: Mapping[_Labels, Histogram]
+) -> Metric:
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for values, hist in sorted(histograms.items()):
+        family.add_metric(values, hist.buckets(), hist.total)
+    return family
 
 
 class ModelMetrics:
@@ -79,24 +94,19 @@ class ModelMetrics:
     def _timed(self, model: str, version: str, seconds: float) -> None:
         self.latency.setdefault((model, version), Histogram(LATENCY_BUCKETS)).observe(seconds)
 
-    def answered(self, model: str, version: str, role: str, seconds: float, items: Iterable[Any]) -> None:
-        """One request answered 200 by ``version``; ``items`` are the handler's ``{label, probabilities}`` objects."""
+    def answered(self, model: str, version: str, role: str, seconds: float, items: Iterable[Classification]) -> None:
+        """One request answered 200 by ``version``; ``items``: the answer for each text."""
         version = self._version(model, version)
         self.requests[(model, version, role)] += 1
         self._timed(model, version, seconds)
         known = self._labels.setdefault((model, version), set())
         confidence = self.confidence.setdefault((model, version), Histogram(CONFIDENCE_BUCKETS))
         for item in items:
-            if not isinstance(item, dict):
-                continue
-            label = str(item.get("label", OTHER))
-            if label not in known and len(known) >= MAX_LABELS:
-                label = OTHER
+            label = item.label if item.label in known or len(known) < MAX_LABELS else OTHER
             known.add(label)
             self.predictions[(model, version, label)] += 1
-            probabilities = item.get("probabilities")
-            if isinstance(probabilities, dict) and probabilities:
-                confidence.observe(float(max(probabilities.values())))
+            if item.probabilities:
+                confidence.observe(max(item.probabilities.values()))
 
     def failed(self, model: str, version: str | None, role: str, seconds: float, kind: str) -> None:
         """One request that ended in a gateway error of type ``kind``; ``version`` when the gateway chose it."""
@@ -105,36 +115,17 @@ class ModelMetrics:
         self.errors[(model, version, role, kind)] += 1
         self._timed(model, version, seconds)
 
-    def render(self) -> list[str]:
-        lines = [
-            "# HELP gateway_model_requests_total Inference requests per model, serving version and role.",
-            "# TYPE gateway_model_requests_total counter",
-        ]
-        for (model, version, role), n in sorted(self.requests.items()):
-            lines.append(f"gateway_model_requests_total{{{_labels(model=model, version=version, role=role)}}} {n}")
-        lines += [
-            "# HELP gateway_model_errors_total Inference requests answered with an error, by error type.",
-            "# TYPE gateway_model_errors_total counter",
-        ]
-        for (model, version, role, kind), n in sorted(self.errors.items()):
-            labels = _labels(model=model, version=version, role=role, type=kind)
-            lines.append(f"gateway_model_errors_total{{{labels}}} {n}")
-        lines += [
-            "# HELP gateway_model_request_duration_seconds Inference request time in the gateway, per version.",
-            "# TYPE gateway_model_request_duration_seconds histogram",
-        ]
-        for (model, version), hist in sorted(self.latency.items()):
-            lines += hist.lines("gateway_model_request_duration_seconds", _labels(model=model, version=version))
-        lines += [
-            "# HELP gateway_model_predictions_total Texts answered, by the label the model chose.",
-            "# TYPE gateway_model_predictions_total counter",
-        ]
-        for (model, version, label), n in sorted(self.predictions.items()):
-            lines.append(f"gateway_model_predictions_total{{{_labels(model=model, version=version, label=label)}}} {n}")
-        lines += [
-            "# HELP gateway_model_confidence Top probability of each text answered, per version.",
-            "# TYPE gateway_model_confidence histogram",
-        ]
-        for (model, version), hist in sorted(self.confidence.items()):
-            lines += hist.lines("gateway_model_confidence", _labels(model=model, version=version))
-        return lines
+    def collect(self) -> list[Metric]:
+        pair = ("model", "version")
+        return [
+            counter("gateway_model_requests", "Inference requests per model, serving version and role.",
+                    (*pair, "role"), self.requests),
+            counter("gateway_model_errors", "Inference requests answered with an error, by error type.",
+                    (*pair, "role", "type"), self.errors),
+            histogram("gateway_model_request_duration_seconds", "Inference request time in the gateway, per version.",
+                      pair, self.latency),
+            counter("gateway_model_predictions", "Texts answered, by the label the model chose.", (*pair, "label"),
+                    self.predictions),
+            histogram("gateway_model_confidence", "Top probability of each text answered, per version.", pair,
+                      self.confidence),
+        ]  # fmt: skip

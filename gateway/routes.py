@@ -1,20 +1,22 @@
-"""The gateway's endpoints. Each inference route validates its body (the request models carry the limits), sends
-exactly one request to TorchServe and maps the handler's answer to the legacy contract by label name.
+"""The gateway's endpoints. The four inference routes are one endpoint (:func:`add_inference_route`): the body
+validated by its request model (the configured limits), exactly one request to TorchServe, its typed answer mapped
+to the route's legacy contract by label name.
 
-No ``from __future__ import annotations`` here: FastAPI reads these signatures at runtime, and the request models
-are local to :func:`build_router` (they carry the configured limits).
+No ``from __future__ import annotations`` here: FastAPI reads these signatures at runtime.
 """
 
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from pydantic_core import to_json
 
+from gateway.answers import Classification, Prediction, UnreadableAnswer
 from gateway.canary import CLIENT_KEY_HEADER, CLIENT_KEY_PATTERN, DEFAULT, VersionChooser
 from gateway.catalogue import Catalogue
 from gateway.errors import GatewayError, ModelVersionNotFound, Unavailable
@@ -22,28 +24,25 @@ from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.model_metrics import UNKNOWN
 from gateway.schemas import (
     ErrorResponse,
-    GenerateBatchRequest,
     GenerateBatchResponse,
-    GenerateRequest,
     GenerateResponse,
     HealthResponse,
     ModelsResponse,
     NotReadyResponse,
-    PredictBatchRequest,
     PredictBatchResponse,
-    PredictRequest,
     PredictResponse,
     ReadyResponse,
     ReplicaCounts,
-    batch_of,
+    TextsRequest,
+    generate_result,
+    predict_result,
     request_models,
 )
 from gateway.settings import Settings
-from gateway.torchserve import Prediction, TorchServeClient
+from gateway.torchserve import TorchServeClient
 from torchserve_protocol.archives import VERSION_PATTERN
 
 MODEL_VERSION_HEADER = "X-Model-Version"
-_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
 
 ModelVersion = Annotated[
     str | None,
@@ -86,155 +85,114 @@ class PrometheusText(PlainTextResponse):
     media_type = CONTENT_TYPE
 
 
-def _client(request: Request) -> TorchServeClient:
+async def torchserve(request: Request) -> TorchServeClient:
+    """The app's one TorchServe client (the lifespan state)."""
     client: TorchServeClient = request.state.torchserve
     return client
 
 
-def _answer(body: BaseModel, prediction: Prediction) -> Response:
+TorchServe = Annotated[TorchServeClient, Depends(torchserve)]
+
+
+def _answer(body: Any, version: str | None) -> Response:
     """The answer, serialized once by pydantic-core: FastAPI would validate the returned model against the
-    ``response_model`` again and encode it with the standard json module (the model was validated when built)."""
-    headers = {MODEL_VERSION_HEADER: prediction.version} if prediction.version else None
+    ``response_model`` again and encode it with the standard json module (its values were checked when read)."""
+    headers = {MODEL_VERSION_HEADER: version} if version else None
     return Response(to_json(body), media_type="application/json", headers=headers)
 
 
 async def infer(
     request: Request,
+    client: TorchServeClient,
     model: str,
-    payload: dict[str, Any],
+    texts: str | list[str],
     *,
     pinned: str | None,
     client_key: str | None,
-    build: Callable[[Any], BaseModel],
+    contract: Callable[[Classification], BaseModel],
 ) -> Response:
-    """One inference request: the version chosen (pinned, canary share or default), sent, its answer mapped by
-    ``build`` to the route's contract, and counted per version once the mapping succeeded (an answer outside the
-    contract counts as that version's error). A canary version that TorchServe no longer has sends its share to the
-    default instead of failing it."""
+    """One inference request: the version chosen (pinned, canary share or default), ``texts`` sent (one text, or a
+    list answered as ``{"results": [...]}``), each text's answer mapped by ``contract``, and counted per version once
+    the mapping succeeded (an answer outside the contract counts as that version's error). A canary version that
+    TorchServe no longer has sends its share to the default instead of failing it."""
     chooser: VersionChooser = request.app.state.chooser
     metrics: Metrics = request.app.state.metrics
     choice = chooser.choose(model, pinned=pinned, client_key=client_key)
     started = time.perf_counter()
     served: str | None = choice.version if choice.role == "canary" else None  # never the client's pinned string
+    prediction: Prediction
     try:
         try:
-            prediction = await _client(request).predict(model, payload, version=choice.version)
+            prediction = await client.predict(model, texts, version=choice.version)
         except ModelVersionNotFound:
             if choice.role != "canary":
                 raise
             choice, served = DEFAULT, None
-            prediction = await _client(request).predict(model, payload, version=None)
+            prediction = await client.predict(model, texts, version=None)
         served = prediction.version or UNKNOWN
-        body = build(prediction.body)
+        results = [contract(answer) for answer in prediction.results]
     except GatewayError as exc:
+        if isinstance(exc, UnreadableAnswer):
+            served = exc.version or served
         metrics.models.failed(model, served, choice.role, time.perf_counter() - started, exc.type)
         raise
-    items = prediction.body if isinstance(prediction.body, list) else [prediction.body]
-    metrics.models.answered(model, served, choice.role, time.perf_counter() - started, items)
-    return _answer(body, prediction)
+    metrics.models.answered(model, served, choice.role, time.perf_counter() - started, prediction.results)
+    return _answer({"results": results} if isinstance(texts, list) else results[0], prediction.version)
 
 
-def validated_by(model: type[BaseModel]) -> Callable[[_Endpoint], _Endpoint]:
-    """Let FastAPI validate ``body`` with ``model`` (the request class carrying the configured limits), while the
-    signature keeps the static class of the same name for readers and mypy."""
+@dataclass(frozen=True)
+class Inference:
+    """One inference route: where, which model, how its body reads and what its answer looks like."""
 
-    def annotate(endpoint: _Endpoint) -> _Endpoint:
-        endpoint.__annotations__["body"] = model
-        return endpoint
+    path: str
+    name: str  # the endpoint's name: FastAPI's operationId is made of it
+    tag: str
+    summary: str
+    model: str
+    request: type[TextsRequest]  # the body, with the configured limits
+    contract: Callable[[Classification], BaseModel]
+    response_model: type[BaseModel]
 
-    return annotate
+
+def add_inference_route(router: APIRouter, route: Inference) -> None:
+    """``route``'s endpoint. Its body is typed with the request model built from the settings: FastAPI reads the
+    annotation when the function is defined (a class chosen at runtime, which mypy cannot follow). Not a FastAPI
+    dependency: each one costs CPU on every request (measured in docs/performance.md)."""
+    Body = route.request
+
+    async def endpoint(
+        body: Body,  # type: ignore[valid-type]
+        request: Request,
+        client: TorchServe,
+        version: ModelVersion = None,
+        client_key: ClientKey = None,
+    ) -> Response:
+        texts = cast(TextsRequest, body).payload()
+        return await infer(
+            request, client, route.model, texts, pinned=version, client_key=client_key, contract=route.contract
+        )
+
+    router.add_api_route(
+        route.path, endpoint, methods=["POST"], name=route.name, tags=[route.tag], summary=route.summary,
+        response_model=route.response_model, responses=ERRORS,
+    )  # fmt: skip
 
 
 def build_router(settings: Settings) -> APIRouter:
     models = request_models(max_chars=settings.max_text_chars, max_items=settings.max_batch_items)
+    cola, sentiment = settings.generate_model, settings.predict_model
     router = APIRouter()
-
-    @router.post(
-        "/generate",
-        tags=["cola"],
-        responses=ERRORS,
-        summary="P(acceptable) of one passage",
-        response_model=GenerateResponse,
-    )
-    @validated_by(models.generate)
-    async def generate(
-        body: GenerateRequest,
-        request: Request,
-        version: ModelVersion = None,
-        client_key: ClientKey = None,
-    ) -> Response:
-        payload = {"text": body.passage}
-        return await infer(
-            request, settings.generate_model, payload, pinned=version, client_key=client_key,
-            build=GenerateResponse.from_prediction,
-        )  # fmt: skip
-
-    @router.post(
-        "/generate/batch",
-        tags=["cola"],
-        responses=ERRORS,
-        summary="P(acceptable) of many passages",
-        response_model=GenerateBatchResponse,
-    )
-    @validated_by(models.generate_batch)
-    async def generate_batch(
-        body: GenerateBatchRequest,
-        request: Request,
-        version: ModelVersion = None,
-        client_key: ClientKey = None,
-    ) -> Response:
-        passages = body.passages
-
-        def build(answer: Any) -> GenerateBatchResponse:
-            items = batch_of(answer, len(passages))
-            return GenerateBatchResponse(results=[GenerateResponse.from_prediction(item) for item in items])
-
-        return await infer(
-            request, settings.generate_model, {"texts": passages}, pinned=version, client_key=client_key, build=build
-        )
-
-    @router.post(
-        "/predict",
-        tags=["sentiment"],
-        responses=ERRORS,
-        summary="Sentiment of one text",
-        response_model=PredictResponse,
-    )
-    @validated_by(models.predict)
-    async def predict(
-        body: PredictRequest,
-        request: Request,
-        version: ModelVersion = None,
-        client_key: ClientKey = None,
-    ) -> Response:
-        return await infer(
-            request, settings.predict_model, {"text": body.text}, pinned=version, client_key=client_key,
-            build=PredictResponse.from_prediction,
-        )  # fmt: skip
-
-    @router.post(
-        "/predict/batch",
-        tags=["sentiment"],
-        responses=ERRORS,
-        summary="Sentiment of many texts",
-        response_model=PredictBatchResponse,
-    )
-    @validated_by(models.predict_batch)
-    async def predict_batch(
-        body: PredictBatchRequest,
-        request: Request,
-        version: ModelVersion = None,
-        client_key: ClientKey = None,
-    ) -> Response:
-        texts = body.texts
-
-        def build(answer: Any) -> PredictBatchResponse:
-            items = batch_of(answer, len(texts))
-            return PredictBatchResponse(results=[PredictResponse.from_prediction(item) for item in items])
-
-        return await infer(
-            request, settings.predict_model, {"texts": texts}, pinned=version, client_key=client_key, build=build
-        )
+    for route in (
+        Inference("/generate", "generate", "cola", "P(acceptable) of one passage", cola, models.generate,
+                  generate_result, GenerateResponse),
+        Inference("/generate/batch", "generate_batch", "cola", "P(acceptable) of many passages", cola,
+                  models.generate_batch, generate_result, GenerateBatchResponse),
+        Inference("/predict", "predict", "sentiment", "Sentiment of one text", sentiment, models.predict,
+                  predict_result, PredictResponse),
+        Inference("/predict/batch", "predict_batch", "sentiment", "Sentiment of many texts", sentiment,
+                  models.predict_batch, predict_result, PredictBatchResponse),
+    ):  # fmt: skip
+        add_inference_route(router, route)
 
     @router.get(
         "/models",
@@ -265,9 +223,8 @@ def build_router(settings: Settings) -> APIRouter:
         summary="A TorchServe replica reachable with a READY worker for every model",
         responses={503: {"model": NotReadyResponse, "description": "Not ready; see Retry-After."}},
     )
-    async def ready(request: Request) -> JSONResponse:
-        names = (settings.generate_model, settings.predict_model)
-        report = await _client(request).readiness(names)
+    async def ready(client: TorchServe) -> JSONResponse:
+        report = await client.readiness((settings.generate_model, settings.predict_model))
         several = settings.replicas is not None or settings.discover_replicas  # the one-upstream body stays as it was
         replicas = ReplicaCounts(ready=report.replicas_ready, known=report.replicas) if several else None
         if report.ready:

@@ -1,28 +1,24 @@
 """Request and response contracts. The legacy field names never change: ``passage``/``prob`` (/generate) and
 ``text``/``sentiment``/``confidence``/``probabilities`` (/predict).
 
-Request models carry the configured limits (characters per text, items per batch), so they are built per app by
-:func:`request_models`; the OpenAPI schema at ``/docs`` then shows the limits actually enforced. Responses are
-built from the handler's answer by label *name* (``id2label`` travels in the archive), never by index.
+Request models carry the configured limits (characters per text, items per batch), so they are built once per app
+by :func:`request_models`; the OpenAPI schema at ``/docs`` then shows the limits actually enforced. Responses are
+mapped from the handler's typed answer (:class:`~gateway.answers.Classification`) by label *name* (``id2label``
+travels in the archive), never by index.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from functools import lru_cache
-from typing import Annotated, Any, Literal, NamedTuple, TypeVar
+from typing import Annotated, Literal, NamedTuple
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from gateway.answers import Classification
 from gateway.errors import BadGateway
-from torchserve_protocol.limits import HANDLER_MAX_CHARS, HANDLER_MAX_TEXTS
 
 ACCEPTABLE = "acceptable"  # the cola label whose probability is /generate's "prob"
 SENTIMENTS = ("negative", "neutral", "positive")
 Sentiment = Literal["negative", "neutral", "positive"]
-
-_Model = TypeVar("_Model", bound=BaseModel)
-_Request = TypeVar("_Request", bound="_Strict")
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -48,13 +44,6 @@ class _Strict(BaseModel):
 class GenerateResponse(BaseModel):
     prob: Probability = Field(description='P(label "acceptable") from the CoLA model.', examples=[0.0873])
 
-    @classmethod
-    def from_prediction(cls, prediction: object) -> GenerateResponse:
-        probs = _probabilities(prediction)
-        if ACCEPTABLE not in probs:
-            raise BadGateway(f"the {ACCEPTABLE!r} label is missing from the model's answer (check its id2label)")
-        return _build(cls, prob=probs[ACCEPTABLE])
-
 
 class Probabilities(BaseModel):
     negative: Probability
@@ -69,21 +58,6 @@ class PredictResponse(BaseModel):
         description="One probability per label, by name.",
         examples=[{"negative": 0.03, "neutral": 0.06, "positive": 0.91}],
     )
-
-    @classmethod
-    def from_prediction(cls, prediction: object) -> PredictResponse:
-        probs = _probabilities(prediction)
-        if not all(label in probs for label in SENTIMENTS):
-            raise BadGateway(f"the sentiment model's labels are not {SENTIMENTS} (check its id2label)")
-        label = prediction.get("label") if isinstance(prediction, Mapping) else None
-        if label not in SENTIMENTS:
-            raise BadGateway(f"the sentiment model answered an unknown label (expected one of {SENTIMENTS})")
-        return _build(
-            cls,
-            sentiment=label,
-            confidence=probs[label],
-            probabilities={name: probs[name] for name in SENTIMENTS},
-        )
 
 
 class GenerateBatchResponse(BaseModel):
@@ -127,20 +101,6 @@ class NotReadyResponse(ErrorResponse, ReadyResponse):
     pass
 
 
-def text_type(max_chars: int) -> Any:
-    """A text field: 1..max_chars characters and not only whitespace (what counts is sent unchanged)."""
-    # The pattern documents what _not_blank checks (a character that is not whitespace); _not_blank stays the check.
-    return Annotated[
-        str,
-        Field(min_length=1, max_length=max_chars, json_schema_extra={"pattern": NOT_BLANK}),
-        AfterValidator(_not_blank),
-    ]
-
-
-def texts_type(max_chars: int, max_items: int) -> Any:
-    return Annotated[list[text_type(max_chars)], Field(min_length=1, max_length=max_items)]  # type: ignore[misc]
-
-
 def _text_doc(max_chars: int) -> str:
     return f"1 to {max_chars} characters, not only whitespace; text beyond the model's 128 tokens is truncated."
 
@@ -149,72 +109,83 @@ def _batch_doc(max_chars: int, max_items: int) -> str:
     return f"1 to {max_items} items in one TorchServe request, answered in order; each " + _text_doc(max_chars)
 
 
-# The request bodies, bounded here by the handler's own ceilings. The app validates with the subclasses that
-# request_models() builds from the configured (tighter) limits; these static classes give code and mypy the fields.
-class GenerateRequest(_Strict):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"passage": PASSAGE}]})
-    passage: str = Field(max_length=HANDLER_MAX_CHARS, description="The sentence to judge.")
+class TextsRequest(_Strict):
+    """An inference request body: the text or texts it carries go to TorchServe as they are."""
 
-
-class GenerateBatchRequest(_Strict):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"passages": [PASSAGE, "I am a boy"]}]})
-    passages: list[str] = Field(max_length=HANDLER_MAX_TEXTS, description="The sentences to judge.")
-
-
-class PredictRequest(_Strict):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"text": REVIEW}]})
-    text: str = Field(max_length=HANDLER_MAX_CHARS, description="The review to classify.")
-
-
-class PredictBatchRequest(_Strict):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"texts": [REVIEW, "It crashes after the update"]}]})
-    texts: list[str] = Field(max_length=HANDLER_MAX_TEXTS, description="The reviews to classify.")
+    def payload(self) -> str | list[str]:
+        raise NotImplementedError
 
 
 class RequestModels(NamedTuple):
-    generate: type[GenerateRequest]
-    generate_batch: type[GenerateBatchRequest]
-    predict: type[PredictRequest]
-    predict_batch: type[PredictBatchRequest]
+    generate: type[TextsRequest]
+    generate_batch: type[TextsRequest]
+    predict: type[TextsRequest]
+    predict_batch: type[TextsRequest]
 
 
-@lru_cache(maxsize=8)
 def request_models(*, max_chars: int, max_items: int) -> RequestModels:
-    """The request bodies with the configured limits (same names and fields; OpenAPI shows these limits)."""
-    one = (text_type(max_chars), Field(description=_text_doc(max_chars)))
-    many = (texts_type(max_chars, max_items), Field(description=_batch_doc(max_chars, max_items)))
+    """The four request bodies, built once per app from the configured limits (settings bound them by the handler's),
+    so that what FastAPI validates and what /openapi.json shows are the same limits."""
+    # The pattern documents what _not_blank checks (a character that is not whitespace); _not_blank stays the check.
+    Text = Annotated[
+        str,
+        Field(min_length=1, max_length=max_chars, json_schema_extra={"pattern": NOT_BLANK}),
+        AfterValidator(_not_blank),
+    ]
+    one, many = _text_doc(max_chars), _batch_doc(max_chars, max_items)
 
-    def narrow(base: type[_Request], field: str, spec: tuple[Any, Any]) -> type[_Request]:
-        fields: dict[str, Any] = {field: spec}
-        return create_model(base.__name__, __base__=base, __module__=__name__, **fields)
+    class GenerateRequest(TextsRequest):
+        model_config = ConfigDict(json_schema_extra={"examples": [{"passage": PASSAGE}]})
+        passage: Text = Field(description=one)
 
-    return RequestModels(
-        generate=narrow(GenerateRequest, "passage", one),
-        generate_batch=narrow(GenerateBatchRequest, "passages", many),
-        predict=narrow(PredictRequest, "text", one),
-        predict_batch=narrow(PredictBatchRequest, "texts", many),
+        def payload(self) -> str:
+            return self.passage
+
+    class GenerateBatchRequest(TextsRequest):
+        model_config = ConfigDict(json_schema_extra={"examples": [{"passages": [PASSAGE, "I am a boy"]}]})
+        passages: list[Text] = Field(min_length=1, max_length=max_items, description=many)
+
+        def payload(self) -> list[str]:
+            return self.passages
+
+    class PredictRequest(TextsRequest):
+        model_config = ConfigDict(json_schema_extra={"examples": [{"text": REVIEW}]})
+        text: Text = Field(description=one)
+
+        def payload(self) -> str:
+            return self.text
+
+    class PredictBatchRequest(TextsRequest):
+        model_config = ConfigDict(json_schema_extra={"examples": [{"texts": [REVIEW, "It crashes after the update"]}]})
+        texts: list[Text] = Field(min_length=1, max_length=max_items, description=many)
+
+        def payload(self) -> list[str]:
+            return self.texts
+
+    return RequestModels(GenerateRequest, GenerateBatchRequest, PredictRequest, PredictBatchRequest)
+
+
+# The contracts' answers for one text. The answer's values were checked when it was read (gateway.answers: numbers
+# within [0, 1]); what is left to check is the contract's labels, so the models are built without validating again.
+def generate_result(answer: Classification) -> GenerateResponse:
+    prob = answer.probabilities.get(ACCEPTABLE)
+    if prob is None:
+        raise BadGateway(f"the {ACCEPTABLE!r} label is missing from the model's answer (check its id2label)")
+    return GenerateResponse.model_construct(prob=prob)
+
+
+def predict_result(answer: Classification) -> PredictResponse:
+    probs = answer.probabilities
+    if not all(label in probs for label in SENTIMENTS):
+        raise BadGateway(f"the sentiment model's labels are not {SENTIMENTS} (check its id2label)")
+    if answer.label not in SENTIMENTS:
+        raise BadGateway(f"the sentiment model answered an unknown label (expected one of {SENTIMENTS})")
+    by_name = Probabilities.model_construct(
+        negative=probs["negative"], neutral=probs["neutral"], positive=probs["positive"]
     )
-
-
-def batch_of(prediction: object, expected: int) -> list[Any]:
-    """The handler's list answer for a ``{"texts": [...]}`` request, checked to hold one item per text."""
-    if not isinstance(prediction, list) or len(prediction) != expected:
-        raise BadGateway(f"TorchServe answered a batch of the wrong shape (expected {expected} results)")
-    return prediction
-
-
-def _probabilities(prediction: object) -> Mapping[str, float]:
-    probs = prediction.get("probabilities") if isinstance(prediction, Mapping) else None
-    if not isinstance(probs, Mapping) or not all(isinstance(v, int | float) for v in probs.values()):
-        raise BadGateway("TorchServe answered without a probabilities object")
-    return probs
-
-
-def _build(cls: type[_Model], **values: Any) -> _Model:
-    try:
-        return cls.model_validate(values)
-    except ValidationError as exc:
-        raise BadGateway(f"TorchServe answered values outside the contract ({exc.error_count()} error(s))") from None
+    return PredictResponse.model_construct(
+        sentiment=answer.label, confidence=probs[answer.label], probabilities=by_name
+    )
 
 
 class VersionInfo(BaseModel):

@@ -1,27 +1,10 @@
 """The TorchServe client: one inference request per gateway request, sent to one of the replicas (round-robin),
-Bearer keys from each replica's key file, and one error-translation boundary (:func:`translate_errors`) around
-every call. A request that never reached a replica (refused, connect timeout) is sent to the next one first.
+Bearer keys from each replica's key file, and one error-translation boundary (:func:`gateway.errors.translate_errors`;
+that module holds the mapping) around every call. A request that never reached a replica (refused, connect
+timeout) is sent to the next one first.
 Inference is idempotent: an attempt lost with its worker or connection ("Worker died", reset or closed mid-answer,
 no answer within ``attempt_timeout_s``) is sent once more, and the client is answered by ``read_timeout_s`` whatever
-happens (:meth:`TorchServeClient._at_most_twice`). The mapping below applies to the attempt that answers.
-
-The mapping, in one place (docs/gateway.md repeats it):
-
-=======================================================  ======================================
-TorchServe / transport                                   gateway answer
-=======================================================  ======================================
-connection refused / reset, connect timeout              503 ``unavailable`` + Retry-After
-no free pooled connection in time                        503 ``unavailable`` + Retry-After
-key file missing or key still rejected after one retry   503 ``unavailable`` + Retry-After
-503 (no worker, queue full)                              503 ``unavailable`` + Retry-After
-500/507 "Worker died" (killed mid-batch; restarted)     503 ``unavailable`` + Retry-After
-404 for the default version (model not registered)       503 ``unavailable`` + Retry-After
-404 for a pinned version                                 404 ``model_version_not_found``
-413 (over TorchServe's max_request_size)                 413 ``payload_too_large``
-other 4xx (the handler's 400 for a bad text)             422 ``invalid_input`` with its message
-read / write timeout, 504                                504 ``timeout``
-other 5xx, unreadable answer                             502 ``bad_gateway``
-=======================================================  ======================================
+happens (:meth:`TorchServeClient._at_most_twice`). The error mapping applies to the attempt that answers.
 """
 
 from __future__ import annotations
@@ -32,20 +15,13 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import orjson
 
-from gateway.errors import (
-    BadGateway,
-    GatewayError,
-    InvalidInput,
-    ModelVersionNotFound,
-    PayloadTooLarge,
-    Unavailable,
-    UpstreamTimeout,
-)
+from gateway.answers import Prediction, read_answer
+from gateway.errors import GatewayError, Unavailable, UpstreamStatusError, translate_errors
 from gateway.metrics import Metrics
 from gateway.replicas import Replica, Resolve, Rotation, Upstream, discover, given, resolve_all
 from gateway.request_id import REQUEST_ID_HEADER, current_request_id
@@ -54,74 +30,11 @@ from torchserve_protocol.keys import KeyFileError
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_CHARS = 300
 # Failures that prove the request never reached TorchServe: safe to send it to another replica.
 NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, KeyFileError)
 _T = TypeVar("_T")
 
-
-class UpstreamStatusError(Exception):
-    """TorchServe answered with an error status; carries what :func:`translate_errors` needs to map it."""
-
-    def __init__(self, response: httpx.Response, *, model: str, version: str | None) -> None:
-        super().__init__(f"TorchServe answered {response.status_code}")
-        self.status = response.status_code
-        self.kind, self.message = _error_of(response)
-        self.model = model
-        self.version = version
-
-
-def _error_of(response: httpx.Response) -> tuple[str, str]:
-    """``(type, message)`` of an error answer: TorchServe's ``{"code","type","message"}`` or the handler's
-    ``{"error","type"}``; never more than a few hundred characters."""
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return "", response.text[:MAX_MESSAGE_CHARS]
-    if not isinstance(body, dict):
-        return "", str(body)[:MAX_MESSAGE_CHARS]
-    message = body.get("error") or body.get("message") or ""
-    return str(body.get("type", "")), str(message)[:MAX_MESSAGE_CHARS]
-
-
 READY_PROBE_BODY = b'{"text": "ready"}'
-
-
-@asynccontextmanager
-async def translate_errors(*, retry_after_s: int) -> AsyncIterator[None]:
-    """The one boundary: every TorchServe call runs inside it and leaves it only as a :mod:`gateway.errors` error."""
-    try:
-        yield
-    except UpstreamStatusError as exc:
-        status, what = exc.status, f"model {exc.model!r}"
-        if exc.kind == "InvalidKeyException":
-            raise Unavailable("TorchServe rejected the gateway's key", retry_after_s=retry_after_s) from exc
-        if status == 404 and exc.version is not None:
-            raise ModelVersionNotFound(f"{what} has no version {exc.version!r}") from exc
-        if status == 404:
-            raise Unavailable(f"{what} is not registered in TorchServe", retry_after_s=retry_after_s) from exc
-        if status == 413:
-            raise PayloadTooLarge(f"TorchServe refused the request as too large: {exc.message}") from exc
-        if status in (503, 507) or "Worker died" in (exc.message or ""):  # transient: TorchServe starts a new one
-            raise Unavailable(f"{what} cannot serve now: {exc.message}", retry_after_s=retry_after_s) from exc
-        if status == 504:
-            raise UpstreamTimeout(f"{what} did not answer in time: {exc.message}") from exc
-        if 400 <= status < 500:
-            raise InvalidInput(exc.message or f"TorchServe refused the input ({status})") from exc
-        raise BadGateway(f"TorchServe failed ({status}): {exc.message}") from exc
-    except KeyFileError as exc:  # the message names a path: logged, not answered
-        log.warning("%s", exc)
-        raise Unavailable("TorchServe's key file cannot be read yet", retry_after_s=retry_after_s) from exc
-    except httpx.PoolTimeout as exc:
-        raise Unavailable("the gateway is saturated: no free connection", retry_after_s=retry_after_s) from exc
-    except httpx.ConnectTimeout as exc:
-        raise Unavailable("TorchServe is not reachable (connect timeout)", retry_after_s=retry_after_s) from exc
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout("TorchServe did not answer in time") from exc
-    except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:  # refused, reset, closed mid-answer
-        raise Unavailable(f"TorchServe is not reachable ({type(exc).__name__})", retry_after_s=retry_after_s) from exc
-    except httpx.HTTPError as exc:
-        raise BadGateway(f"TorchServe call failed ({type(exc).__name__})") from exc
 
 
 def lost(attempt: asyncio.Future[httpx.Response]) -> str | None:
@@ -137,12 +50,6 @@ def lost(attempt: asyncio.Future[httpx.Response]) -> str | None:
     if isinstance(failure, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError):
         return "connection_broken"
     return None
-
-
-@dataclass(frozen=True)
-class Prediction:
-    body: Any  # the handler's JSON: one {"label", "probabilities"} object, or a list of them
-    version: str | None  # X-Model-Version as TorchServe answered it
 
 
 @dataclass(frozen=True)
@@ -283,10 +190,12 @@ class TorchServeClient:
                 elif not attempt.cancelled():
                     attempt.exception()  # retrieved: a failure nobody needs is not reported as unhandled
 
-    async def predict(self, model: str, payload: dict[str, Any], *, version: str | None = None) -> Prediction:
-        """POST one request to ``/predictions/{model}[/{version}]`` of a replica; the answer's JSON and version."""
+    async def predict(self, model: str, texts: str | list[str], *, version: str | None = None) -> Prediction:
+        """POST one text (``{"text"}``) or a list (``{"texts"}``) in one request to ``/predictions/{model}[/{version}]``
+        of a replica; the typed classifications (one per text, in order) and the version that answered."""
         path = f"/predictions/{model}" + (f"/{version}" if version else "")
-        content = orjson.dumps(payload)
+        batch = isinstance(texts, list)
+        content = orjson.dumps({"texts": texts} if batch else {"text": texts})
 
         headers = {"Content-Type": "application/json"}
         request_id = current_request_id.get()
@@ -300,11 +209,10 @@ class TorchServeClient:
             response = await self._at_most_twice(post)
             if response.status_code != 200:
                 raise UpstreamStatusError(response, model=model, version=version)
-            try:
-                body = orjson.loads(response.content)
-            except orjson.JSONDecodeError as exc:
-                raise BadGateway(f"TorchServe answered non-JSON for model {model!r}") from exc
-        return Prediction(body=body, version=response.headers.get("X-Model-Version") or version)
+        answered = response.headers.get("X-Model-Version") or version
+        texts_sent = len(texts) if batch else None
+        results = read_answer(response.content, model=model, texts=texts_sent, version=answered)
+        return Prediction(results=results, version=answered)
 
     async def readiness(self, models: Sequence[str]) -> Readiness:
         """Ask every replica for every model; ready when one replica has a READY worker for all of them."""

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 KeyKind = Literal["inference", "management", "API"]
 KEY_KINDS: tuple[KeyKind, ...] = ("management", "inference", "API")
+INVALID_KEY_TYPE = "InvalidKeyException"  # the error "type" of TorchServe's answer to a missing or stale key
 TOKEN_PATH = "/token"  # POST ?type=<kind> with the API key: TorchServe makes a new key and rewrites the file
 KEY_POLL_S = 0.05
 _FRACTION = re.compile(r"(\.\d{6})\d+")  # Java's Instant may print nanoseconds; datetime takes microseconds
@@ -100,7 +101,7 @@ class KeyFile:
 
 def is_invalid_key(status: int, body: bytes) -> bool:
     """TorchServe answers a missing, expired or rotated key with 400 ``InvalidKeyException`` (not 401)."""
-    return status in (400, 401) and b"InvalidKey" in body
+    return status in (400, 401) and INVALID_KEY_TYPE.encode() in body
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -12,12 +12,22 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.settings import Settings
 
 LABELS = {"cola": ("acceptable", "unacceptable"), "sentiment": ("positive", "negative", "neutral")}  # not index order
 INVALID_KEY = {"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed."}
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample ``name{labels}`` in Prometheus text (parsed: the text must be valid), or ``None``."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and found.labels == labels:
+                return float(found.value)
+    return None
 
 
 def write_keys(path: Path, *, inference: str, management: str = "mgmt", expires: str = "2999-01-01T00:00:00Z") -> None:

@@ -1,5 +1,5 @@
 """The aiohttp-backed httpx transport against real sockets: answers pass through unchanged, and each kind of socket
-failure surfaces as the httpx exception that :func:`gateway.torchserve.translate_errors` maps."""
+failure surfaces as the httpx exception that :func:`gateway.errors.translate_errors` maps."""
 
 from __future__ import annotations
 

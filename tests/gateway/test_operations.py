@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from gateway.app import create_app
 from gateway.metrics import CONTENT_TYPE
 from gateway.settings import Settings, SettingsError, load_settings
-from tests.gateway.conftest import FakeTorchServe
+from tests.gateway.conftest import FakeTorchServe, sample
 from torchserve_protocol.layout import REPO
 
 
@@ -71,11 +71,12 @@ def test_metrics_count_requests_per_route_and_status(client: TestClient) -> None
 
     text = client.get("/metrics").text
 
-    assert 'gateway_requests_total{method="POST",route="/generate",status="200"} 2' in text
-    assert 'gateway_requests_total{method="POST",route="/generate",status="422"} 1' in text
-    assert 'gateway_requests_total{method="GET",route="<unmatched>",status="404"} 1' in text
-    assert 'gateway_request_duration_seconds_bucket{method="POST",route="/generate",status="200",le="+Inf"} 2' in text
-    assert 'gateway_request_duration_seconds_count{method="POST",route="/generate",status="200"} 2' in text
+    ok = {"method": "POST", "route": "/generate", "status": "200"}
+    assert sample(text, "gateway_requests_total", **ok) == 2
+    assert sample(text, "gateway_requests_total", method="POST", route="/generate", status="422") == 1
+    assert sample(text, "gateway_requests_total", method="GET", route="<unmatched>", status="404") == 1
+    assert sample(text, "gateway_request_duration_seconds_bucket", **ok, le="+Inf") == 2
+    assert sample(text, "gateway_request_duration_seconds_count", **ok) == 2
     assert "/no/such/path" not in text
     assert client.get("/metrics").headers["Content-Type"].startswith("text/plain; version=0.0.4")
 

@@ -13,8 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.metrics import RETRY_REASONS
 from gateway.settings import Settings
-from tests.gateway.conftest import FakeTorchServe
+from tests.gateway.conftest import FakeTorchServe, sample
 
 WORKER_DIED = {"code": 507, "type": "InternalServerException", "message": "Worker died."}
 
@@ -44,8 +45,8 @@ def first_call_then_model(upstream: FakeTorchServe, first: object) -> None:
 
 
 def retries(client: TestClient) -> dict[str, int]:
-    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith("gateway_upstream_retries")]
-    return {line.split('"')[1]: int(line.rsplit(" ", 1)[1]) for line in lines}
+    text = client.get("/metrics").text
+    return {reason: int(sample(text, "gateway_upstream_retries_total", reason=reason) or 0) for reason in RETRY_REASONS}
 
 
 def test_worker_died_is_sent_once_more_and_answered(quick: TestClient, upstream: FakeTorchServe) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from stack.publish import main as publish
 from stack.torchserve import TorchServe
+from tests.gateway.conftest import sample
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.tiny_models import COLA_LABELS, make_tiny_classifier
 from torchserve_protocol.layout import REPO
@@ -104,9 +105,7 @@ def until_only(base_url: str, version: str) -> list[str | None]:
 
 
 def metric(text: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    match = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    return sample(text, name, **labels) or 0.0
 
 
 def test_the_cli_refuses_bad_canaries_with_one_line(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:

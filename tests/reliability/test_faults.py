@@ -19,8 +19,10 @@ import httpx
 import psutil
 import pytest
 
+from gateway.metrics import RETRY_REASONS
 from stack.torchserve import TorchServe
 from tests.conftest import free_ports, management_client
+from tests.gateway.conftest import sample
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.reliability.conftest import assert_error_body
 
@@ -103,8 +105,7 @@ def cola_requests_seen(ts: TorchServe) -> float:
 
 def retries_counted(base_url: str) -> int:
     text = httpx.get(f"{base_url}/metrics", timeout=5).text
-    lines = [line for line in text.splitlines() if line.startswith("gateway_upstream_retries_total{")]
-    return sum(int(line.rsplit(" ", 1)[1]) for line in lines)
+    return sum(int(sample(text, "gateway_upstream_retries_total", reason=reason) or 0) for reason in RETRY_REASONS)
 
 
 def test_a_killed_worker_is_replaced_and_the_gateway_recovers(

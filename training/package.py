@@ -47,10 +47,10 @@ class PackagingError(RuntimeError):
 class ServingConfig:
     """What goes into ``model-config.yaml``: TorchServe's batching/worker keys and the handler's settings.
 
-    Defaults measured on a 2-core CPU (docs/benchmarks.md): two single-threaded workers per model (one model under
-    load keeps both cores busy; four single-threaded processes share two cores without the oversubscription that
-    multi-threaded workers suffer), batches of up to 8 requests gathered for at most 2 ms (10 ms cost a lone
-    request ~8 ms of latency for no throughput under load, where the queue fills batches anyway).
+    Defaults chosen by measurement on a 2-core CPU (docs/performance.md): two single-threaded workers per model (one
+    model under load keeps both cores busy; four single-threaded processes share two cores without the
+    oversubscription that multi-threaded workers suffer), batches of up to 8 requests gathered for at most 2 ms (a
+    longer delay costs a lone request latency for no throughput under load, where the queue fills batches anyway).
     """
 
     min_workers: int = 2

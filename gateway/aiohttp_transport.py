@@ -2,7 +2,8 @@
 
 Why: the gateway's CPU per request decides its throughput on a 2-core machine shared with the model workers, and
 httpcore's pool spent several times more CPU per proxied request than aiohttp's C-accelerated client (it polls
-every idle socket and re-runs a failing ``import sniffio`` on each request; measured in docs/performance.md). The gateway keeps ``httpx``'s API, its timeouts and its exception classes (so
+every idle socket and re-runs a failing ``import sniffio`` on each request; measured in docs/performance.md).
+The gateway keeps ``httpx``'s API, its timeouts and its exception classes (so
 :func:`gateway.errors.translate_errors` and the tests with ``httpx.MockTransport`` are unchanged); only the
 bytes on the wire go through aiohttp. aiohttp's errors are mapped to the httpx exception a socket failure of the
 same kind raises, below.

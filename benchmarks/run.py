@@ -102,6 +102,7 @@ def machine() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
         "kernel": platform.release(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 
@@ -300,6 +301,9 @@ def render(
         f"- Date: {conditions['started']} ({conditions['minutes']} min); command: `{command}`",
         f"- Machine: {m['cpu']}, {m['cores']} cores ({m['isa']}), {m['memory_gib']} GiB; torch {m['torch']}, "
         f"onnxruntime {m['onnxruntime']}, Python {m['python']}, Linux {m['kernel']}",
+        f"- GPU: {m['gpu']} (the handler serves CUDA in fp16 with PyTorch)"
+        if m["gpu"]
+        else "- GPU: none on this machine, so the handler's CUDA path (fp16, PyTorch) is not measured here",
         f"- Models: {', '.join(f'`{p.name}`' for p in archives.values())}; texts: CoLA in-domain dev sentences "
         "(`/generate`), Google Play review texts (`/predict`); batch endpoints send 8 texts per request",
         f"- Runs: {args.duration:g} s per cell, {args.repeats} repetition(s), medians; {args.warmup:g} s warm-up per "

@@ -11,6 +11,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import psutil
 
@@ -97,34 +98,49 @@ def tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-@dataclass
-class Naive:
-    """benchmarks/baselines/naive_server.py in its own process."""
+START_ATTEMPTS = 3  # a free port can be taken by another process between choosing it and the server's bind
+PORT_TAKEN = b"address already in use"
 
-    models: dict[str, Path]  # name -> save_pretrained dir
+
+@dataclass
+class LocalServer:
+    """One server process of a configuration on a free loopback port, its output appended to ``log``; started again
+    on a new port (up to ``START_ATTEMPTS``) when its log says the chosen one was taken meanwhile."""
+
+    models: dict[str, Path]  # name -> model directory
     log: Path
-    threads: int = 1  # torch intra-op threads; 0: torch's default (one per core)
     port: int = field(default_factory=lambda: free_ports(1)[0])
     process: subprocess.Popen[bytes] | None = None
+    ready_path: ClassVar[str] = "/health"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, *, timeout: float) -> None:
-        cmd = [sys.executable, "-m", "benchmarks.baselines.naive_server", "--port", str(self.port)]
-        cmd += ["--threads", str(self.threads)]
-        for name in ("cola", "sentiment"):
-            if name in self.models:
-                cmd += [f"--{name}", str(self.models[name])]
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        wait_http(f"{self.url}/health", timeout=timeout, process=self.process)
+    def command(self) -> tuple[list[str], dict[str, str] | None]:
+        """The command line on ``self.port``, and its environment (``None``: this process's)."""
+        raise NotImplementedError
 
-    def roles(self) -> dict[str, list[psutil.Process]]:
-        return {"naive": tree(self.process.pid)} if self.process else {}
+    def start(self, *, timeout: float) -> None:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            cmd, env = self.command()
+            seen = self.log.stat().st_size if self.log.exists() else 0
+            with self.log.open("ab") as out:
+                self.process = subprocess.Popen(
+                    cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+            try:
+                wait_http(f"{self.url}{self.ready_path}", timeout=timeout, process=self.process)
+                return
+            except ServerError:
+                self.stop()
+                with self.log.open("rb") as written:
+                    written.seek(seen)
+                    taken = PORT_TAKEN in written.read().lower()
+                if attempt == START_ATTEMPTS or not taken:
+                    raise
+                self.port = free_ports(1)[0]
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -133,29 +149,45 @@ class Naive:
             self.process.wait(timeout=10)
 
 
+@dataclass
+class Naive(LocalServer):
+    """benchmarks/baselines/naive_server.py in its own process."""
+
+    threads: int = 1  # torch intra-op threads; 0: torch's default (one per core)
+
+    def command(self) -> tuple[list[str], dict[str, str] | None]:
+        cmd = [sys.executable, "-m", "benchmarks.baselines.naive_server", "--port", str(self.port)]
+        cmd += ["--threads", str(self.threads)]
+        for name in ("cola", "sentiment"):
+            if name in self.models:
+                cmd += [f"--{name}", str(self.models[name])]
+        return cmd, None
+
+    def roles(self) -> dict[str, list[psutil.Process]]:
+        return {"naive": tree(self.process.pid)} if self.process else {}
+
+
 PEER_VENV = REPO / ".venv-peer"  # `make peer`: BentoML and the handler's dependencies, apart from the project's
 PEER_SERVICE = "benchmarks.baselines.bentoml_service:Api"
 
 
 @dataclass
-class Peer:
+class Peer(LocalServer):
     """The same models under BentoML (``benchmarks/baselines/bentoml_service.py``), run by ``bentoml serve`` from
-    the peer's own virtualenv: an arbiter, the front service's worker and the model service's worker(s)."""
+    the peer's own virtualenv: an arbiter, the front service's worker and the model service's worker(s). The models
+    are extracted archives (their model-config.yaml carries the served settings)."""
 
-    models: dict[str, Path]  # name -> extracted archive (model-config.yaml carries the served settings)
-    log: Path
     python: Path = PEER_VENV / "bin" / "python"
     workers: int = 1  # model-service processes
-    port: int = field(default_factory=lambda: free_ports(1)[0])
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    # /readyz answers 200 once the front service and the model service it depends on both answer
+    ready_path: ClassVar[str] = "/readyz"
 
     def start(self, *, timeout: float) -> None:
         if not self.python.is_file():
             raise ServerError(f"{self.python} does not exist: `make peer` builds the peer's virtualenv (BentoML)")
+        super().start(timeout=timeout)
+
+    def command(self) -> tuple[list[str], dict[str, str] | None]:
         env = {
             **os.environ,
             **{f"PEER_{name.upper()}": str(path) for name, path in self.models.items()},
@@ -166,14 +198,7 @@ class Peer:
             "TRANSFORMERS_OFFLINE": "1",
         }
         host = ["--host", "127.0.0.1", "--port", str(self.port)]
-        cmd = [str(self.python), "-m", "bentoml", "serve", PEER_SERVICE, *host]
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        # /readyz answers 200 once the front service and the model service it depends on both answer
-        wait_http(f"{self.url}/readyz", timeout=timeout, process=self.process)
+        return [str(self.python), "-m", "bentoml", "serve", PEER_SERVICE, *host], env
 
     def roles(self) -> dict[str, list[psutil.Process]]:
         if not self.process:
@@ -183,12 +208,6 @@ class Peer:
         front = [p for p in procs if "Api" in _cmdline(p)]
         arbiter = [p for p in procs if p not in model and p not in front]
         return {"bentoml-api": front, "bentoml-model": model, "bentoml-arbiter": arbiter}
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            stop_process_group(self.process.pid, timeout=15)
-        if self.process is not None:
-            self.process.wait(timeout=10)
 
 
 @dataclass

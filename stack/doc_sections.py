@@ -36,3 +36,12 @@ def replaced(text: str, name: str, body: str) -> str:
     section(text, name)  # refuses a document without the block
     begin, end = markers(name)
     return _block(name).sub(lambda _: f"{begin}\n{body}{end}", text, count=1)
+
+
+def check_result(problems: list[str], ok: str) -> int:
+    """A check's report and exit status: each problem as a ``drift:`` line and 1, or ``ok`` and 0."""
+    for line in problems:
+        print(f"drift: {line}")
+    if not problems:
+        print(ok)
+    return 1 if problems else 0

@@ -111,12 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         args.readme.write_text(doc_sections.replaced(readme, SECTION, render(answers)))
         print(f"wrote {len(answers)} example answers into {args.readme}")
         return 0
-    problems = differences(shown(readme), answers)
-    for line in problems:
-        print(f"drift: {line}")
-    if not problems:
-        print(f"the README's {len(answers)} example answers match the stack's (within {TOLERANCE})")
-    return 1 if problems else 0
+    ok = f"the README's {len(answers)} example answers match the stack's (within {TOLERANCE})"
+    return doc_sections.check_result(differences(shown(readme), answers), ok)
 
 
 if __name__ == "__main__":

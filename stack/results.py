@@ -221,12 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             doc.write_text(doc_sections.replaced(doc.read_text(), name, render(record)))
         print(f"wrote {RECORD.relative_to(REPO)} ({len(record['runs'])} runs) and its sections")
         return 0
-    problems = drift(record, args.model_store)
-    for line in problems:
-        print(f"drift: {line}")
-    if not problems:
-        print(f"the docs show what {RECORD.relative_to(REPO)} records ({len(record['runs'])} runs)")
-    return 1 if problems else 0
+    ok = f"the docs show what {RECORD.relative_to(REPO)} records ({len(record['runs'])} runs)"
+    return doc_sections.check_result(drift(record, args.model_store), ok)
 
 
 if __name__ == "__main__":

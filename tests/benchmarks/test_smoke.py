@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,22 @@ def test_the_naive_server_serves_the_archives_checked_settings_in_torch(tiny_sto
     served = served_in_torch(directory, SETTINGS.model_copy(update={"num_threads": 3}))
     assert served == settings_from(handler).model_copy(update={"engine": "torch", "num_threads": 3})
     assert served_in_torch(tmp_path, SETTINGS) == SETTINGS  # a bare save_pretrained folder: the handler's defaults
+
+
+def test_a_server_whose_port_was_taken_meanwhile_starts_again_on_another(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """The bind-and-release race of free ports, made certain: the chosen port is held by another listener."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        naive = Naive(models={"cola": tiny_models["cola"]}, log=tmp_path / "naive.log", port=taken)
+        try:
+            naive.start(timeout=120)
+            answer = httpx.post(f"{naive.url}/generate", json={"passage": "The cat sat."}, timeout=30)
+        finally:
+            naive.stop()
+    assert naive.port != taken
+    assert answer.status_code == 200
+    assert b"address already in use" in (tmp_path / "naive.log").read_bytes().lower()

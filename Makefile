@@ -127,7 +127,7 @@ DURATION ?= 300
 soak: venv  ## bounded soak (DURATION s at RATE requests/s) against a running stack (make start) -> docs/reliability.md
 	$(PY) -m benchmarks.soak --rate $(RATE) --duration $(DURATION) --data-dir $(DATA_DIR) --write-doc
 
-test-slow: venv peer java  ## the long tier kept out of `make test` (bigger fuzz run, full TorchServe restart under load)
+test-slow: venv peer java  ## the long tier kept out of `make test` (bigger fuzz run, full TorchServe restart under load, the BentoML peer)
 	$(PY) -m pytest -m slow
 
 # Machines without a container registry (this project's and CI's) have ../shared/docker/engine-up.sh: it starts the

@@ -102,6 +102,17 @@ class Config:
             " gives the epochs and the training settings), e.g. to serve it with the current int8 check"
         )
     )
+    teacher_logits: Path | None = field(
+        metadata=flag(
+            "distil: train on a teacher's soft labels too, from a logits file written by python -m training.distill"
+        )
+    )
+    distill_alpha: float = field(
+        metadata=flag("with --teacher-logits: the soft-label loss's share (the rest is cross-entropy)", default=0.5)
+    )
+    distill_temperature: float = field(
+        metadata=flag("with --teacher-logits: the softmax temperature both logits are compared at", default=2.0)
+    )
     log_every: int = field(metadata=flag("log a progress line every N steps", default=20))
     # "bf16" (autocast) or "fp32" once the run knows its device; "auto" until then
     precision: str = field(
@@ -147,6 +158,8 @@ def parse_args(argv: list[str] | None) -> Config:
         value = getattr(a, name)
         if value is not None and value < 1:
             raise TrainingError(f"--{name.replace('_', '-')} must be a positive integer, not {value}")
+    if not 0 <= a.distill_alpha <= 1 or a.distill_temperature <= 0:
+        raise TrainingError("--distill-alpha must be within [0, 1] and --distill-temperature positive")
     if a.version is not None and not VERSION_RE.match(a.version):
         raise TrainingError(f"--version {a.version!r} must look like 1, 1.0 or 1.0.2")
     try:

@@ -24,6 +24,7 @@ from transformers import (
 
 from training.arguments import Config, TrainingError
 from training.base_models import BASE_MODELS
+from training.distill import distillation_loss
 from training.tasks import Examples, Splits, Task, compute_metrics, fmt
 
 log = logging.getLogger("training")
@@ -157,8 +158,10 @@ def train_epoch(
     cfg: Config,
     device: torch.device,
     epoch: int,
+    soft_labels: np.ndarray | None = None,
 ) -> float:
-    """One pass over ``batches``; returns the mean training loss. Logs a progress line every ``log_every`` steps."""
+    """One pass over ``batches``; returns the mean training loss. Logs a progress line every ``log_every`` steps.
+    With ``soft_labels`` (a teacher's logits per training text) the loss is :func:`distillation_loss`."""
     model.train()
     total, start = 0.0, time.perf_counter()
     for step, idx in enumerate(batches, start=1):
@@ -167,7 +170,16 @@ def train_epoch(
         ).to(device)
         labels = torch.tensor([train.labels[i] for i in idx], device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss = model(**enc, labels=labels).loss
+            if soft_labels is None:
+                loss = model(**enc, labels=labels).loss
+            else:
+                loss = distillation_loss(
+                    model(**enc).logits,
+                    torch.from_numpy(soft_labels[idx]).to(device),
+                    labels,
+                    alpha=cfg.distill_alpha,
+                    temperature=cfg.distill_temperature,
+                )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -184,8 +196,18 @@ def train_epoch(
     return total / max(1, len(batches))
 
 
-def fit(task: Task, splits: Splits, cfg: Config, device: torch.device, best_dir: Path, *, base: str) -> FitResult:
-    """Train for ``cfg.epochs``, evaluating after each; the best epoch's model is saved to ``best_dir``."""
+def fit(
+    task: Task,
+    splits: Splits,
+    cfg: Config,
+    device: torch.device,
+    best_dir: Path,
+    *,
+    base: str,
+    soft_labels: np.ndarray | None = None,
+) -> FitResult:
+    """Train for ``cfg.epochs``, evaluating after each; the best epoch's model is saved to ``best_dir``.
+    ``soft_labels``: a teacher's logits per training text (``training.distill``)."""
     set_seed(cfg.seed)
     model, tokenizer = build_model(base, task.labels, safetensors_only=cfg.base_model in BASE_MODELS)
     model = model.to(device)  # type: ignore[arg-type]
@@ -204,7 +226,7 @@ def fit(task: Task, splits: Splits, cfg: Config, device: torch.device, best_dir:
         t0 = time.perf_counter()
         loss = train_epoch(
             model, tokenizer, splits.train, batches,
-            optimizer=optimizer, scheduler=scheduler, cfg=cfg, device=device, epoch=epoch,
+            optimizer=optimizer, scheduler=scheduler, cfg=cfg, device=device, epoch=epoch, soft_labels=soft_labels,
         )  # fmt: skip
         t1 = time.perf_counter()
         preds = evaluate(

@@ -86,6 +86,20 @@ def base_line(r: RunReport) -> str:
     return f"`{r.config.base_model}`"
 
 
+def teacher_lines(r: RunReport) -> list[str]:
+    """With ``--teacher-logits``: which teacher the soft labels came from, and how good it was."""
+    if r.teacher is None:
+        return []
+    t = r.teacher.get("teacher", {})
+    scores = ", ".join(f"{METRIC_NAMES.get(k, k)} {v:.4f}" for k, v in (t.get("best_validation") or {}).items())
+    return [
+        "",
+        f"Distilled (soft-label share {r.config.distill_alpha:g}, temperature {r.config.distill_temperature:g}) from "
+        f"a teacher on base `{t.get('base_model')}` (weights sha256 `{t.get('base_weights_sha256')}`), validation "
+        f"{scores or 'not recorded'}; logits file `{r.config.teacher_logits}`.",
+    ]
+
+
 def calibration_lines(q: Int8Check) -> list[str]:
     lines: list[str] = []
     if q.batch_invariance is not None:
@@ -173,6 +187,7 @@ def model_card(r: RunReport) -> str:
             if r.trained_by
             else []
         ),
+        *teacher_lines(r),
         "",
         ", ".join(f"{k}={v}" for k, v in r.hyperparameters().items() if k not in ("output", "model_store")),
         "",

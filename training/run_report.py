@@ -62,6 +62,7 @@ class RunReport:
     packaging: Packaging
     trained_by: TrainedBy | None = None
     test: dict[str, float] | None = None  # the best epoch on the test split, fp32 (tasks that have one)
+    teacher: dict[str, Any] | None = None  # with --teacher-logits: the logits file's header (training.distill)
 
     @property
     def best_validation(self) -> dict[str, float]:
@@ -92,6 +93,8 @@ class RunReport:
         }
         if self.trained_by is not None:
             out["trained_by"] = asdict(self.trained_by)
+        if self.teacher is not None:
+            out["teacher"] = self.teacher
         if self.test is not None:
             out["test"] = self.test
         out["quantization"] = self.quantization.as_dict()

@@ -29,7 +29,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from torchserve_protocol.archives import archive_name
-from training import int8_check, onnx_build, report
+from training import distill, int8_check, onnx_build, report
 from training.arguments import PROG, Config, TrainingError, parse_args
 from training.base_models import BaseModelError, resolve
 from training.fit import evaluate, fit, resolve_precision
@@ -99,6 +99,9 @@ def run(cfg: Config, argv: list[str]) -> Path:
     if prior is not None:  # the settings the model was trained with, for the report and the card
         cfg = replace(cfg, **prior.trained)
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))
+    soft_labels, teacher = (
+        distill.read(cfg.teacher_logits, task=task.name, splits=splits) if cfg.teacher_logits else (None, None)
+    )
     base, base_facts = resolve(cfg.base_model)
     log.info(
         "task %s: %d train / %d validation / %s test rows; base %s; device %s (%d threads, %s); output %s",
@@ -111,7 +114,7 @@ def run(cfg: Config, argv: list[str]) -> Path:
     best_dir = cfg.output / "best"
     t0 = time.perf_counter()
     if prior is None:
-        fitted = fit(task, splits, cfg, device, best_dir, base=base)
+        fitted = fit(task, splits, cfg, device, best_dir, base=base, soft_labels=soft_labels)
     else:
         shutil.copytree(prior.folder / "best", best_dir)
         fitted = prior.fit
@@ -144,6 +147,7 @@ def run(cfg: Config, argv: list[str]) -> Path:
         rows={"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test or [])},
         fit=fitted,
         trained_by=prior.trained_by if prior else None,
+        teacher=teacher,
         test=test,
         quantization=check,
         timing=Timing(train_and_eval=round(t1 - t0, 1), quantization_check=round(t2 - t1, 1)),

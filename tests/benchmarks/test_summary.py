@@ -22,3 +22,21 @@ def test_the_recorded_run_measured_every_configuration_at_32_clients() -> None:
     cells = json.loads(RECORD.read_text())["cells"]
     measured = {c["config"] for c in cells if c["endpoint"] == "generate" and c["concurrency"] == 32}
     assert measured == set(report.CONFIG_NAMES)
+
+
+def test_the_targets_show_the_p99_floor_a_closed_loop_sets_and_the_gateways_cpu_per_request() -> None:
+    cell = report.Cell(
+        config="gateway", endpoint="generate", concurrency=32, rps=128.0, texts_per_s=128.0,
+        p50_ms=240.0, p90_ms=300.0, p99_ms=140.0, errors=0, requests=3 * 1280,
+        cpu_s={"gateway": 0.64, "ts-workers": 19.0}, client_cpu_s=0.1, repeats=3,
+    )  # fmt: skip
+    rows = report.targets([cell], {"cola": 130.0})
+    assert (
+        "| p99 at 32 clients < 150 ms (/generate) | 140 ms (the mean alone is 32 clients / 128 req/s = 250 ms) | met |"
+        in rows
+    )
+    assert "| the gateway's own CPU per request <= 0.5 ms (/generate, 32 clients) | 0.50 ms | met |" in rows
+    slower = report.Cell(**{**cell.__dict__, "cpu_s": {"gateway": 0.77}})
+    assert "| the gateway's own CPU per request <= 0.5 ms (/generate, 32 clients) | 0.60 ms | **missed** |" in (
+        report.targets([slower], {})
+    )

@@ -382,7 +382,26 @@ RELIABILITY = [
     ),
 ]
 
-CLAIMS = [*README, *GATEWAY, *DEPLOYMENT, *RELIABILITY]
+PERFORMANCE = [
+    stated("docs/performance.md", "(`vmargs={}` in `config.properties`)", TS["vmargs"]),
+    stated("docs/performance.md", "**The peer: BentoML {}**", sources.pinned("bench-peer.txt", "bentoml")),
+    stated(
+        "docs/performance.md",
+        "(up to {} texts per call, adaptive window)",
+        sources.constant("benchmarks/baselines/bentoml_service.py", "MAX_BATCH_TEXTS"),
+    ),
+    stated(
+        "docs/performance.md",
+        "{} single-threaded workers per model at {} ms (served now)",
+        WORDS[sources.constant(SERVING, "ServingConfig.min_workers")],
+        sources.constant(SERVING, "ServingConfig.max_batch_delay_ms"),
+    ),
+    stated(
+        "docs/performance.md", "Batch size {} was not varied", sources.constant(SERVING, "ServingConfig.batch_size")
+    ),
+]
+
+CLAIMS = [*README, *GATEWAY, *DEPLOYMENT, *RELIABILITY, *PERFORMANCE]
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[f"{c.doc}: {c.text[:50]}" for c in CLAIMS])

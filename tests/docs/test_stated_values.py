@@ -94,6 +94,11 @@ README = [
     stated("README.md", "[TorchServe](https://pytorch.org/serve/) {}", sources.pinned("runtime.txt", "torchserve")),
     stated(
         "README.md",
+        "a probability moved by more than {}",
+        sources.constant("stack/readme_examples.py", "TOLERANCE"),
+    ),
+    stated(
+        "README.md",
         "Needs Python {} and Java {}",
         sources.found("pyproject.toml", r">=(\d+\.\d+)"),
         int(sources.found("Makefile", r"v\[1\] < (\d+)")),
@@ -375,6 +380,12 @@ RELIABILITY = [
         "defaults {} s and {}/s",
         sources.make_default("DURATION"),
         sources.make_default("RATE"),
+    ),
+    stated("docs/reliability.md", "`GATEWAY_BODY_TIMEOUT_S` (default {} s)", seconds("body_timeout_s")),
+    stated(
+        "docs/reliability.md",
+        "at most {} characters per name",
+        sources.found("gateway/errors.py", r"join\(part\[:(\d+)\] for part in loc\)"),
     ),
     stated("docs/reliability.md", "The run recorded below ({})", SOAK),
     stated(

@@ -270,6 +270,11 @@ DEPLOYMENT = [
         }.items()
     ),
     stated(
+        "docs/deployment.md", "`/run/ts` (tmpfs, {}:", sources.found("docker-compose.yml", r"- /run/ts:\S*mode=0?(\d+)")
+    ),
+    stated("docs/deployment.md", "volume (created owned by uid {})", COMPOSE["torchserve"]["user"].split(":")[0]),
+    stated("docs/deployment.md", "(`sudo chown -R {} model_store`)", COMPOSE["torchserve"]["user"]),
+    stated(
         "docs/deployment.md",
         "`python -m gateway` on `{}` (the only published port)",
         COMPOSE["gateway"]["ports"][0].rsplit(":", 1)[0],

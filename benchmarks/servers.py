@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -46,6 +48,18 @@ def served_archives(store: Path) -> dict[str, Path]:
         versions = {a.version: a.path for a in archives if a.name == name}
         picked[name] = versions[chosen_default(list(versions), chosen.get(name))]
     return picked
+
+
+def store_of(archives: Iterable[Path], store: Path) -> Path:
+    """A model store holding only ``archives``: hard links (TorchServe refuses symlinks out of its store), else
+    copies (another file system)."""
+    store.mkdir(parents=True)
+    for path in archives:
+        try:
+            os.link(path, store / path.name)
+        except OSError:
+            shutil.copy2(path, store / path.name)
+    return store
 
 
 def extract(archive: Path, into: Path) -> Path:

@@ -63,6 +63,9 @@ def test_logits_for_another_task_other_data_or_missing_texts_are_refused(cola_lo
     splits = get_task("cola").load(data_dir)
     with pytest.raises(TrainingError, match="not a sentiment logits file"):
         read(cola_logits, task="sentiment", splits=splits)
+    elsewhere = {f"/another/clone/data/cola/{Path(k).name}": v for k, v in splits.sources.items()}
+    moved = Splits(splits.train, splits.validation, None, sources=elsewhere)
+    assert read(cola_logits, task="cola", splits=moved)[0].shape == (len(splits.train), 2)  # same files elsewhere
     other = Splits(splits.train, splits.validation, None, sources={"other.tsv": "0" * 64})
     with pytest.raises(TrainingError, match="other data files"):
         read(cola_logits, task="cola", splits=other)

@@ -3,6 +3,7 @@
     python -m stack.results                          # check: do the docs show what docs/results/training.json holds?
     python -m stack.results --add model_store/cola-1.0.mar --add model_store/sentiment-1.0.mar --write
     python -m stack.results --add X.mar --label candidate/X --role candidate --measure --write
+    python -m stack.results --speed fast-path/cola-1.0=X.mar --write   # measure an archive for a recorded run
     python -m stack.results --write                  # re-render the docs' sections from the record
 
 Each run is recorded once, in ``docs/results/training.json``, as a summary of the ``metrics.json`` its archive
@@ -265,6 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--measure", action="store_true", help="also measure each added archive's serving speed (10 s, idle machine)"
     )
+    parser.add_argument(
+        "--speed",
+        action="append",
+        default=[],
+        metavar="LABEL=ARCHIVE",
+        help="measure ARCHIVE's serving speed for the recorded run LABEL (its report's figures stay as recorded), "
+        "e.g. a run whose archive is gone, measured on an identical rebuild",
+    )
     parser.add_argument("--write", action="store_true", help=f"write {RECORD.name} and the docs' sections")
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store", help="where to compare archives")
     args = parser.parse_args(argv)
@@ -276,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         run = {**summary(archive_metrics(archive)), "role": args.role}
         kept = {k: v for k, v in record["runs"].get(label, {}).items() if k in MEASURED}
         record["runs"][label] = run | (measure(archive, run["task"]) if args.measure else kept)
+    for pair in args.speed:
+        label, _, archive = pair.partition("=")
+        if label not in record["runs"] or not archive:
+            parser.error(f"--speed {pair!r}: expected LABEL=ARCHIVE with a recorded LABEL")
+        record["runs"][label] |= measure(Path(archive), record["runs"][label]["task"])
     if args.write:
         RECORD.parent.mkdir(parents=True, exist_ok=True)
         RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")

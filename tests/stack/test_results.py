@@ -98,3 +98,10 @@ def test_the_comparison_shows_each_candidate_with_its_teacher_and_leaves_out_fir
     assert "| mpnet, validation MCC 0.531 |" in table
     assert "`plain` |" in table
     assert "`repeat`" not in table
+
+
+def test_a_speed_for_a_run_that_is_not_recorded_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        results.main(["--speed", "no-such-run=x.mar"])
+    assert exit_info.value.code == 2
+    assert "expected LABEL=ARCHIVE with a recorded LABEL" in capsys.readouterr().err

@@ -1,12 +1,17 @@
 """The single sources the docs' figures come from, read without running them: Python constants (by parsing the file,
 so a test module or a torch-importing one is not imported), TorchServe's properties, the compose file, the Makefile's
-defaults and the pinned requirements."""
+defaults and the pinned requirements; and what the data and the default install's base model say when measured
+(token lengths with MiniLM's own tokenizer, a weights file's parameter count)."""
 
 from __future__ import annotations
 
 import ast
 import csv
+import importlib
+import json
+import math
 import re
+import struct
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -85,3 +90,35 @@ def found(path: str, pattern: str) -> str:
 def rows(path: Path) -> int:
     with path.open(encoding="utf-8", newline="") as f:
         return sum(1 for _ in csv.DictReader(f))
+
+
+@cache
+def minilm_folder() -> Path:
+    """The MiniLM base model's files, from the package of the default install (no hub, no cache)."""
+    from training.base_models import BASE_MODELS
+
+    package = BASE_MODELS["minilm"].package
+    assert package is not None
+    return Path(importlib.import_module(package).get_model_path())
+
+
+def token_lengths(texts: list[str]) -> list[int]:
+    """Each text's length in MiniLM's word pieces, [CLS] and [SEP] included, neither truncated nor padded."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(minilm_folder() / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return [len(encoding.ids) for encoding in tokenizer.encode_batch(texts)]
+
+
+def parameters(weights: Path) -> int:
+    """How many numbers a safetensors file holds, read from its header (nothing is loaded)."""
+    with weights.open("rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    return sum(math.prod(tensor["shape"]) for key, tensor in header.items() if key != "__metadata__")
+
+
+def column(path: Path, name: str) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return [row[name] for row in csv.DictReader(f)]

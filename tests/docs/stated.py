@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from gateway.settings import Settings
@@ -11,6 +12,7 @@ from gateway.settings import Settings
 MIB = 1_048_576
 WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 BASE_NAMES = {"mpnet": "MPNet", "minilm": "MiniLM"}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,15 @@ def one_token(pattern: str) -> tuple[tuple[str, str], str]:
 def sci(x: float) -> str:
     """3e-05 as the docs write it: 3e-5."""
     return re.sub(r"e-0*", "e-", f"{x:.0e}")
+
+
+def the_one(*values: T) -> T:
+    """The value that several sources agree on, where a doc states it once for all of them."""
+    assert len(set(values)) == 1, f"the doc states one value where the code has {sorted(map(str, set(values)))}"
+    return values[0]
+
+
+def span(values: list[int]) -> str:
+    """[1, 2] -> "1-2", [3] -> "3": a range of small integers as the docs write it."""
+    assert values == list(range(values[0], values[-1] + 1)), values
+    return f"{values[0]}-{values[-1]}" if len(values) > 1 else str(values[0])

@@ -123,7 +123,7 @@ def measure(archive: Path, task: str, *, seconds: float = 10) -> dict[str, Any]:
         load = os.getloadavg()[0]
         rate = ceiling(extract(archive, Path(tmp)), texts, batch=8, seconds=seconds)
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    return {"served_texts_per_s": round(rate, 1), "measured": f"{when}, load average {load:.1f} before"}
+    return {"served_texts_per_s": round(rate, 1), "measured": {"date": when, "load_average_before": round(load, 1)}}
 
 
 def setting(served: dict[str, Any]) -> str:
@@ -203,6 +203,15 @@ def candidates_section(record: dict[str, Any]) -> str:
             f"{_num(run['served']['test'])} | {_num(run.get('served_texts_per_s'), 0)} | "
             f"{_minutes(seconds)} |"
         )
+    measured = [run["measured"] for _, run in shown if run.get("measured")]
+    if measured:
+        dates = ", ".join(sorted({m["date"] for m in measured}))
+        loads = [m["load_average_before"] for m in measured]
+        lines += [
+            "",
+            f"Serving speeds measured on {dates}, the load average {min(loads)}-{max(loads)} before each (other work "
+            "shared the cores): compare the rows with each other; the defaults' idle figures are in benchmarks.md.",
+        ]
     return "\n".join(lines) + "\n"
 
 

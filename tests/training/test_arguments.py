@@ -15,7 +15,7 @@ FLAGS = {
     "--task", "--base-model", "--data-dir", "--output", "--model-store", "--version", "--epochs", "--batch-size",
     "--lr", "--weight-decay", "--warmup-ratio", "--seed", "--max-length", "--max-train-rows", "--max-eval-rows",
     "--max-int8-drop", "--quantization", "--keep-fp32", "--engine", "--no-group-by-length", "--int8-study",
-    "--from-run", "--log-every", "--precision",
+    "--from-run", "--teacher-logits", "--distill-alpha", "--distill-temperature", "--log-every", "--precision",
 }  # fmt: skip
 
 

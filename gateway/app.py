@@ -22,10 +22,9 @@ from gateway.aiohttp_transport import AiohttpTransport
 from gateway.canary import SplitWatcher, VersionChooser
 from gateway.catalogue import Catalogue
 from gateway.errors import GatewayError, handle_error
-from gateway.metrics import Metrics, MetricsMiddleware
-from gateway.middleware import DOCS_ASSETS, BodyLimitMiddleware, SecurityHeadersMiddleware
+from gateway.metrics import Metrics
+from gateway.middleware import DOCS_ASSETS, BodyLimit, GatewayMiddleware
 from gateway.replicas import Resolve, resolve_all
-from gateway.request_id import RequestIdMiddleware
 from gateway.routes import build_router
 from gateway.settings import Settings, load_settings
 from gateway.torchserve import TorchServeClient
@@ -124,14 +123,12 @@ def create_app(
     for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_class, handle_error)
     app.include_router(build_router(settings))
-    app.add_middleware(
-        BodyLimitMiddleware,
+    bodies = BodyLimit(
         max_bytes=settings.max_body_bytes,
         timeout_s=settings.body_timeout_s,
         max_buffered=settings.max_buffered_bytes,
         retry_after_s=settings.retry_after_s,
     )
-    app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(RequestIdMiddleware)  # outside the limits: their refusals carry the id too
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: sees every answer
+    # metrics, request id, security headers and the body limit, in one layer (gateway/middleware.py)
+    app.add_middleware(GatewayMiddleware, metrics=app.state.metrics, bodies=bodies)
     return app

@@ -16,7 +16,7 @@ answers in JSON. :class:`BoundedHttpToolsProtocol` adds, per connection:
 It also writes each answer of the app in one socket write where uvicorn makes two (:class:`OneWriteAnswer`).
 
 Keep-alive idle connections are closed after ``keep_alive_timeout_s`` by uvicorn itself (``timeout_keep_alive``);
-request bodies are bounded by :class:`gateway.middleware.BodyLimitMiddleware` (size, deadline, total buffered).
+request bodies are bounded by :class:`gateway.middleware.BodyLimit` (size, deadline, total buffered).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ is refreshed by the project's one policy (:mod:`torchserve_protocol.keys`) and t
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
@@ -171,7 +172,11 @@ class Replica:
         if self.transport is None or kwargs.keys() - {"content"}:
             return await self.http.request(method, url, headers=headers, **kwargs)
         request = httpx.Request(
-            method, url, headers=headers, content=kwargs.get("content"), extensions={"timeout": self.timeouts}
+            method,
+            parsed_url(url),
+            headers=headers,
+            content=kwargs.get("content"),
+            extensions={"timeout": self.timeouts},
         )
         response = await self.transport.handle_async_request(request)
         await response.aread()
@@ -189,3 +194,12 @@ class Replica:
             )
             if response.status_code != 200:
                 log.warning("renewing the %s key failed: TorchServe answered %d", kind, response.status_code)
+
+
+@functools.lru_cache(maxsize=256)
+def parsed_url(url: str) -> httpx.URL:
+    """``url`` parsed once: httpx checks and parses a URL string character by character in Python, the largest cost
+    of building a request (docs/performance.md, section 3b), and the inference URLs are a handful per replica (model,
+    pinned version). Bounded: a client choosing many pinned versions only evicts the least used. httpx URLs are
+    immutable, so requests can share one."""
+    return httpx.URL(url)

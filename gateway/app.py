@@ -25,7 +25,7 @@ from gateway.errors import GatewayError, handle_error
 from gateway.metrics import Metrics
 from gateway.middleware import DOCS_ASSETS, BodyLimit, GatewayMiddleware
 from gateway.replicas import Resolve, resolve_all
-from gateway.routes import build_router
+from gateway.routes import add_routes
 from gateway.settings import Settings, load_settings
 from gateway.torchserve import TorchServeClient
 
@@ -122,7 +122,7 @@ def create_app(
     app.state.catalogue = Catalogue(settings.model_store) if settings.model_store is not None else None
     for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_class, handle_error)
-    app.include_router(build_router(settings))
+    add_routes(app.router, settings)
     bodies = BodyLimit(
         max_bytes=settings.max_body_bytes,
         timeout_s=settings.body_timeout_s,

@@ -28,6 +28,7 @@ from gateway.replicas import Resolve, resolve_all
 from gateway.routes import add_routes
 from gateway.settings import Settings, load_settings
 from gateway.torchserve import TorchServeClient
+from gateway.wire import wire_for
 
 log = logging.getLogger("gateway")
 
@@ -91,9 +92,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        wire = transport or AiohttpTransport(limits=pool_limits(settings))
-        async with http_client(settings, wire) as http:
-            client = TorchServeClient(settings, http, resolve=resolve, metrics=app.state.metrics, transport=wire)
+        network = transport or AiohttpTransport(limits=pool_limits(settings))
+        async with http_client(settings, network) as http:
+            client = TorchServeClient(
+                settings, http, resolve=resolve, metrics=app.state.metrics, wire=wire_for(network)
+            )
             replicas = "discovered" if settings.discover_replicas else str(len(client.rotation.members))
             log.info(
                 "gateway up: TorchServe %s (management %s, %s replica(s)), models generate=%s predict=%s, key file %s",

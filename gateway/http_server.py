@@ -60,11 +60,11 @@ class OneWriteAnswer(asyncio.Transport):
     """The connection as one response cycle writes to it: the answer's head leaves with its first body bytes.
 
     uvicorn writes a response's head (status line and headers) when the app sends ``http.response.start`` and the
-    body with each ``http.response.body``: two writes, two system calls and two TCP segments for every small answer,
-    the largest cost of its own left in the gateway's profile (docs/performance.md). Here the head is held and
-    written together with the first body bytes; when they do not follow at once (a file read, a stream) or never
-    come (HEAD, 304), the head leaves alone at the end of this event-loop turn (or when the connection is closed),
-    so no answer waits for it. The bytes and their order are unchanged."""
+    body with each ``http.response.body``: two system calls and two TCP segments for every small answer, where one
+    does (docs/performance.md, section 3b). Here the head is held and written together with the first body bytes
+    (a 304 or an empty body is written too, as zero bytes). When they do not follow at once (a file read, a stream),
+    the head leaves alone at the end of this event-loop turn, or when the connection is closed, so no answer waits
+    for it; an answer to HEAD, which never has body bytes, is not held. The bytes and their order are unchanged."""
 
     __slots__ = ("_cycle", "_head", "_head_seen", "_loop", "_transport")
 
@@ -85,6 +85,9 @@ class OneWriteAnswer(asyncio.Transport):
             self._transport.write(data)
         else:  # uvicorn marks the response started, then writes its head: this write
             self._head_seen = True
+            if self._cycle.scope["method"] == "HEAD":  # no body bytes will follow
+                self._transport.write(data)
+                return
             self._head = bytes(data)
             self._loop.call_soon(self.flush)
 

@@ -95,7 +95,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """An answer read whole: the part of ``httpx.Response`` the gateway reads (:class:`gateway.wire.UpstreamAnswer`)."""
+    """An answer read whole: the part of ``httpx.Response`` the gateway reads (:class:`gateway.wire.UpstreamAnswer`).
+    One difference, which TorchServe's answers never meet: a header sent twice reads as its first value here, where
+    httpx joins the values with ", "."""
 
     status_code: int
     headers: CIMultiDictProxy[str]

@@ -26,10 +26,10 @@ BASE_MODEL ?=
 #: where `make venv` looks for the torch CPU wheel first (the default index after a 5 s timeout)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: help venv peer mpnet java browser serve start stop status train test test-slow test-compose bench examples soak lint format clean
+.PHONY: help venv peer mpnet java browser serve start stop status train test test-slow test-compose bench bench-batching examples soak lint format clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 # A Python 3.11 virtualenv at $(1) with torch installed first and alone (requirements/torch.txt: torch==2.13.0): the
 # CPU wheel, a 192 MB download (183 MiB, torch-2.13.0+cpu for CPython 3.11 on Linux x86_64), from the PyTorch CPU
@@ -109,11 +109,22 @@ browser:  ## Chromium (Debian) for the /docs test in a real browser; without it 
 test: venv java browser lint  ## the whole suite: unit, gateway, training and integration tests (real TorchServe)
 	$(PY) -m pytest
 
+# wrk, the benchmarks' load generator: installed from Debian when missing (the package lists refreshed only if needed)
+NEED_WRK := command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; } || { echo "error: the benchmark needs wrk: apt-get install -y wrk"; exit 1; }
+
 #: more `python -m benchmarks.run` flags for `make bench`, e.g. BENCH_ARGS='--duration 8 --repeats 2'
 BENCH_ARGS ?=
 bench: venv peer java  ## naive (1 and all threads) vs BentoML vs TorchServe vs gateway under wrk -> docs/benchmarks.md + .png (needs both models: `make serve` first)
-	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; } || { echo "error: the benchmark needs wrk: apt-get install -y wrk"; exit 1; }
+	@$(NEED_WRK)
 	$(PY) -m benchmarks.run --model-store $(MODEL_STORE) --data-dir $(DATA_DIR) --readme README.md --record docs/results/bench.json $(BENCH_ARGS)
+
+#: the archive `make bench-batching` measures; unset: the store's default cola version
+BATCHING_ARCHIVE ?=
+#: more `python -m benchmarks.batching` flags for `make bench-batching`, e.g. BATCHING_ARGS='--batch-sizes 4,8 --repeats 2'
+BATCHING_ARGS ?=
+bench-batching: venv java  ## TorchServe direct on one archive, batch sizes x max batch delays under wrk -> docs/performance.md section 5 (`make serve` first)
+	@$(NEED_WRK)
+	$(PY) -m benchmarks.batching --model-store $(MODEL_STORE) --data-dir $(DATA_DIR) $(if $(BATCHING_ARCHIVE),--archive $(BATCHING_ARCHIVE)) --record docs/results/batching.json --doc docs/performance.md $(BATCHING_ARGS)
 
 #: set (WRITE=1) to let `make examples` rewrite the README's example answers instead of checking them
 WRITE ?=

@@ -12,18 +12,15 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import platform
 import shlex
-import shutil
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from benchmarks import ceiling, report
+from benchmarks.conditions import busy_processes, load_average, machine
 from benchmarks.load import ENDPOINTS, LoadError, cola_sentences, require_wrk, review_texts, run_wrk, write_bodies
 from benchmarks.servers import (
     PEER_VENV,
@@ -35,6 +32,7 @@ from benchmarks.servers import (
     extract,
     rss_mib,
     served_archives,
+    store_of,
     wait_idle,
 )
 from stack import doc_sections
@@ -80,41 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", type=Path, help="also write the summary's figures here (make bench: docs/results/)")
     p.add_argument("--smoke", action="store_true", help="label the report as a smoke run (not results)")
     return p
-
-
-def machine() -> dict[str, Any]:
-    import onnxruntime
-    import torch
-
-    model, flags = "unknown", ""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name") and model == "unknown":
-            model = line.split(":", 1)[1].strip()
-        if line.startswith("flags") and not flags:
-            flags = line.split(":", 1)[1]
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f" {f} " in f" {flags} "]
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "isa": ", ".join(isa) or "none of avx2/avx512/vnni/amx",
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def busy_processes() -> list[str]:
-    """Other heavy work on the machine (training, test runs) that would distort the numbers."""
-    me = os.getpid()
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if p.info["pid"] != me and ("training.train" in cmd or "pytest" in cmd) and "pgrep" not in cmd:
-            found.append(f"{p.info['pid']}: {cmd[:100]}")
-    return found
 
 
 def measure_config(
@@ -185,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if busy_before:
         print(f"[bench] warning: the machine is busy, numbers will be noisy: {busy_before}", flush=True)
     started = dt.datetime.now(dt.UTC)
-    load_before = os.getloadavg()
+    load_before = load_average()
     texts = {"cola": cola_sentences(args.data_dir), "sentiment": review_texts(args.data_dir)}
     runs: list[dict[str, Any]] = []
     rss: dict[str, float] = {}
@@ -226,13 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
         stack_configs = [c for c in ("torchserve", "gateway") if c in args.configs]
         if stack_configs:
-            store = tmp / "store"  # only the archives under test: one version per model
-            store.mkdir()
-            for path in archives.values():  # TorchServe refuses symlinks out of its store: hard link, else copy
-                try:
-                    os.link(path, store / path.name)
-                except OSError:
-                    shutil.copy2(path, store / path.name)
+            store = store_of(archives.values(), tmp / "store")  # only the archives under test: one version per model
             stack = Stack(store=store, run_dir=tmp / "run")
             try:
                 stack.start(timeout=args.timeout)
@@ -253,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "minutes": round((finished - started).total_seconds() / 60, 1),
         "busy": sorted(set(busy_before + busy_after)),
-        "loadavg_before": " ".join(f"{x:.2f}" for x in load_before),
+        "loadavg_before": load_before,
     }
     title = f"{'SMOKE RUN (not results) — ' if args.smoke else ''}{conditions['started']}, {machine()['cpu']}"
     report.plot(cells, ceilings, args.plot, title=title)

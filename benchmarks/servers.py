@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import psutil
 
-from stack.torchserve import StackError, stop_process_group, wait_http
+from stack.management import Management
+from stack.torchserve import Ports, StackError, TorchServe, stop_process_group, wait_http
 from torchserve_protocol.archives import archives_in
 from torchserve_protocol.keys import read_key
 from torchserve_protocol.layout import REPO, key_file_in
@@ -46,6 +49,18 @@ def served_archives(store: Path) -> dict[str, Path]:
         versions = {a.version: a.path for a in archives if a.name == name}
         picked[name] = versions[chosen_default(list(versions), chosen.get(name))]
     return picked
+
+
+def store_of(archives: Iterable[Path], store: Path) -> Path:
+    """A model store holding only ``archives``: hard links (TorchServe refuses symlinks out of its store), else
+    copies (another file system)."""
+    store.mkdir(parents=True)
+    for path in archives:
+        try:
+            os.link(path, store / path.name)
+        except OSError:
+            shutil.copy2(path, store / path.name)
+    return store
 
 
 def extract(archive: Path, into: Path) -> Path:
@@ -257,13 +272,66 @@ class Stack:
 
     def roles(self) -> dict[str, list[psutil.Process]]:
         ts_pid, gw_pid = self._pid("torchserve"), self._pid("gateway")
-        ts = tree(ts_pid) if ts_pid else []
-        workers = [p for p in ts if "model_service_worker" in " ".join(_cmdline(p))]
-        frontend = [p for p in ts if p not in workers]
-        return {"gateway": tree(gw_pid) if gw_pid else [], "ts-frontend": frontend, "ts-workers": workers}
+        return {"gateway": tree(gw_pid) if gw_pid else [], **torchserve_roles(ts_pid)}
 
     def stop(self) -> None:
         subprocess.run(self._cmd("stop"), cwd=REPO, capture_output=True, timeout=120, check=False)
+
+
+def torchserve_roles(pid: int | None) -> dict[str, list[psutil.Process]]:
+    """TorchServe's process tree split into its Java frontend and its Python workers (as they run now: a worker
+    started later, by a registration or a restart, is only found by calling this again)."""
+    ts = tree(pid) if pid else []
+    workers = [p for p in ts if "model_service_worker" in " ".join(_cmdline(p))]
+    return {"ts-frontend": [p for p in ts if p not in workers], "ts-workers": workers}
+
+
+@dataclass
+class TorchServeAlone:
+    """TorchServe with no gateway and nothing registered, started by the stack's own launcher
+    (:class:`stack.torchserve.TorchServe`: the project's config.properties, key file and log set-up) on free
+    loopback ports, again on new ones when its log says a chosen port was taken meanwhile. The caller registers
+    what it measures through :meth:`management`."""
+
+    store: Path
+    run_dir: Path
+    torchserve: TorchServe | None = None
+
+    @property
+    def ts(self) -> TorchServe:
+        if self.torchserve is None:
+            raise ServerError("TorchServe has not been started")
+        return self.torchserve
+
+    def start(self, *, timeout: float) -> None:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.torchserve = TorchServe(model_store=self.store, run_dir=self.run_dir, ports=Ports(*free_ports(5)))
+            out = self.torchserve.log_dir / "torchserve.out"
+            seen = out.stat().st_size if out.exists() else 0
+            self.torchserve.start()
+            try:
+                self.torchserve.wait_up(timeout=timeout)
+                return
+            except ServerError:
+                self.torchserve.stop()
+                with out.open("rb") as written:
+                    written.seek(seen)
+                    taken = PORT_TAKEN in written.read().lower()
+                if attempt == START_ATTEMPTS or not taken:
+                    raise
+
+    def management(self) -> Management:
+        return Management(self.ts.management_url, self.ts.key_file)
+
+    def inference_key(self) -> str:
+        return self.ts.keys()["inference"]
+
+    def roles(self) -> dict[str, list[psutil.Process]]:
+        return torchserve_roles(self.torchserve.process.pid if self.torchserve and self.torchserve.process else None)
+
+    def stop(self) -> None:
+        if self.torchserve is not None:
+            self.torchserve.stop()
 
 
 def _cmdline(p: psutil.Process) -> list[str]:

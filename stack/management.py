@@ -83,9 +83,25 @@ class Management:
     def default_version(self, name: str) -> str:
         return str(self.request("GET", f"/models/{name}").json()[0]["modelVersion"])
 
-    def register(self, archive: str, *, workers: int | None = None, timeout: float = 300.0) -> None:
-        """Register an archive from the store and wait (synchronously) until its workers have started."""
-        self.request("POST", "/models", url=archive, initial_workers=workers, synchronous="true", timeout=timeout)
+    def register(
+        self,
+        archive: str,
+        *,
+        workers: int | None = None,
+        batch_size: int | None = None,
+        max_batch_delay_ms: int | None = None,
+        timeout: float = 300.0,
+    ) -> None:
+        """Register an archive from the store and wait (synchronously) until its workers have started.
+
+        ``None`` leaves a setting to the archive's ``model-config.yaml``. A batch size or delay given here wins over
+        the archive's in TorchServe 0.12 (``ModelManager.createModel`` reads the yaml only when the parameter is
+        absent); a worker count does not (``ApiUtils.handleRegister``: the yaml's ``minWorkers``/``maxWorkers``, when
+        set, win over ``initial_workers``)."""
+        self.request(
+            "POST", "/models", url=archive, initial_workers=workers, batch_size=batch_size,
+            max_batch_delay=max_batch_delay_ms, synchronous="true", timeout=timeout,
+        )  # fmt: skip
 
     def set_default(self, name: str, version: str) -> None:
         self.request("PUT", f"/models/{name}/{version}/set-default")

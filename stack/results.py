@@ -2,6 +2,8 @@
 
     python -m stack.results                          # check: do the docs show what docs/results/training.json holds?
     python -m stack.results --add model_store/cola-1.0.mar --add model_store/sentiment-1.0.mar --write
+    python -m stack.results --add X.mar --label candidate/X --role candidate --measure --write
+    python -m stack.results --speed fast-path/cola-1.0=X.mar --write   # measure an archive for a recorded run
     python -m stack.results --write                  # re-render the docs' sections from the record
 
 Each run is recorded once, in ``docs/results/training.json``, as a summary of the ``metrics.json`` its archive
@@ -30,7 +32,10 @@ ROLES = {
     "default": "the served default (README's examples)",
     "first-run": "a fresh clone's `make serve`",
     "fast-path": "a fresh clone's `make serve BASE_MODEL=minilm`",
+    "candidate": "a candidate for the default, measured to choose it",
 }
+# Figures measured on an archive by --measure, not read from its training report (drift ignores them).
+MEASURED = ("served_texts_per_s", "measured")
 # The original projects' figures the README compares with (from their own reports, not measured here).
 ORIGINAL = {
     "cola": "0.572 MCC (bert-base-uncased, GPU)",
@@ -75,6 +80,7 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
         # a run packaged again from a finished one (--from-run) did not train: its time is not a training time
         "training_s": None if _get(metrics, "hyperparameters.from_run") else _get(metrics, "timing_s.total"),
         "command": _get(metrics, "trained_by.command") or metrics.get("command"),
+        "teacher": teacher(metrics),
         "max_int8_drop": quantization.get("max_drop"),
         "int8_candidates": [
             {
@@ -88,6 +94,36 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
             for candidate in quantization.get("candidates") or []
         ],
     }
+
+
+def teacher(metrics: dict[str, Any]) -> str | None:
+    """A distilled run's teacher in words: its base and its validation metric."""
+    facts = _get(metrics, "teacher.teacher")
+    if not facts:
+        return None
+    score = _get(facts, f"best_validation.{metrics['metric']}")
+    scored = f", validation {METRIC_NAMES.get(metrics['metric'], metrics['metric'])} {score:.3f}" if score else ""
+    return f"{facts.get('base_model')}{scored}"
+
+
+def measure(archive: Path, task: str, *, seconds: float = 10) -> dict[str, Any]:
+    """The archive's in-process serving ceiling on this machine (``benchmarks.ceiling``: one single-threaded
+    process per core, batches of 8 of the task's validation texts, the archive's own handler settings)."""
+    import datetime as dt
+    import os
+    import tempfile
+
+    from benchmarks.ceiling import measure as ceiling
+    from benchmarks.load import cola_sentences, review_texts
+    from benchmarks.servers import extract
+    from training.tasks import default_data_dir
+
+    texts = (cola_sentences if task == "cola" else review_texts)(default_data_dir())
+    with tempfile.TemporaryDirectory(prefix="results-") as tmp:
+        load = os.getloadavg()[0]
+        rate = ceiling(extract(archive, Path(tmp)), texts, batch=8, seconds=seconds)
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    return {"served_texts_per_s": round(rate, 1), "measured": {"date": when, "load_average_before": round(load, 1)}}
 
 
 def setting(served: dict[str, Any]) -> str:
@@ -149,6 +185,36 @@ def runs_section(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def candidates_section(record: dict[str, Any]) -> str:
+    """docs/training.md's comparison: per task, every run that could be the default, with its serving speed."""
+    lines = [
+        "| task | run | base, epochs, lr | distilled from | served validation | served test | "
+        "texts/s served (2 cores) | training time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    shown = [(label, run) for label, run in record["runs"].items() if run["role"] != "first-run"]
+    for label, run in sorted(shown, key=lambda item: (item[1]["task"], item[1]["role"] != "default", item[0])):
+        default = " (**default**)" if run["role"] == "default" else ""
+        # a default's first run from a fresh clone is the time a user waits (a --from-run default did not train)
+        seconds = record["runs"].get(f"first-run/{label}", {}).get("training_s") or run["training_s"]
+        lines.append(
+            f"| {run['task']} | `{label}`{default} | {run['base']}, {run['epochs']}, {run['lr']} | "
+            f"{run.get('teacher') or '-'} | {_num(run['served']['validation'])} {run['metric']} | "
+            f"{_num(run['served']['test'])} | {_num(run.get('served_texts_per_s'), 0)} | "
+            f"{_minutes(seconds)} |"
+        )
+    measured = [run["measured"] for _, run in shown if run.get("measured")]
+    if measured:
+        dates = ", ".join(sorted({m["date"] for m in measured}))
+        loads = [m["load_average_before"] for m in measured]
+        lines += [
+            "",
+            f"Serving speeds measured on {dates}, the load average {min(loads)}-{max(loads)} before each (other work "
+            "shared the cores): compare the rows with each other; the defaults' idle figures are in benchmarks.md.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def int8_section(record: dict[str, Any]) -> str:
     """docs/training.md's int8 table: every candidate the check of each recorded default scored, in its order."""
     lines = [
@@ -178,6 +244,7 @@ SECTIONS = (
     (README, "results:quality", quality_section),
     (TRAINING_DOC, "results:runs", runs_section),
     (TRAINING_DOC, "results:int8", int8_section),
+    (TRAINING_DOC, "results:candidates", candidates_section),
 )
 
 
@@ -191,7 +258,7 @@ def drift(record: dict[str, Any], store: Path) -> list[str]:
         archive = store / f"{label}.mar"
         if run["role"] == "default" and archive.exists():
             fresh = {**summary(archive_metrics(archive)), "role": run["role"]}
-            if fresh != run:
+            if fresh != {k: v for k, v in run.items() if k not in MEASURED}:
                 problems.append(f"{label}: {archive} reports other figures than {RECORD.name} records")
     return problems
 
@@ -205,6 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--add", type=Path, action="append", default=[], help="an archive (.mar) to record")
     parser.add_argument("--label", help="the run's name in the docs (default: the archive's name; one --add only)")
     parser.add_argument("--role", choices=sorted(ROLES), default="default", help="what the run is")
+    parser.add_argument(
+        "--measure", action="store_true", help="also measure each added archive's serving speed (10 s, idle machine)"
+    )
+    parser.add_argument(
+        "--speed",
+        action="append",
+        default=[],
+        metavar="LABEL=ARCHIVE",
+        help="measure ARCHIVE's serving speed for the recorded run LABEL (its report's figures stay as recorded), "
+        "e.g. a run whose archive is gone, measured on an identical rebuild",
+    )
     parser.add_argument("--write", action="store_true", help=f"write {RECORD.name} and the docs' sections")
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store", help="where to compare archives")
     args = parser.parse_args(argv)
@@ -213,7 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--label names one --add")
     for archive in args.add:
         label = args.label or archive.name.removesuffix(".mar")
-        record["runs"][label] = {**summary(archive_metrics(archive)), "role": args.role}
+        run = {**summary(archive_metrics(archive)), "role": args.role}
+        kept = {k: v for k, v in record["runs"].get(label, {}).items() if k in MEASURED}
+        record["runs"][label] = run | (measure(archive, run["task"]) if args.measure else kept)
+    for pair in args.speed:
+        label, _, archive = pair.partition("=")
+        if label not in record["runs"] or not archive:
+            parser.error(f"--speed {pair!r}: expected LABEL=ARCHIVE with a recorded LABEL")
+        record["runs"][label] |= measure(Path(archive), record["runs"][label]["task"])
     if args.write:
         RECORD.parent.mkdir(parents=True, exist_ok=True)
         RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")

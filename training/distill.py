@@ -108,6 +108,11 @@ def write(
     tmp.replace(path)
 
 
+def by_name(sources: object) -> dict[str, str] | None:
+    """Data files by name -> sha256: a logits file made in one clone (absolute paths) serves any other."""
+    return {Path(k).name: v for k, v in sources.items()} if isinstance(sources, dict) else None
+
+
 def read(path: Path, *, task: str, splits: Splits) -> tuple[np.ndarray, dict[str, Any]]:
     """The logits for ``splits.train``, in its order, and the file's header; a file made for another task or other
     data, or one that lacks a training text, raises :class:`TrainingError` with one line."""
@@ -118,7 +123,7 @@ def read(path: Path, *, task: str, splits: Splits) -> tuple[np.ndarray, dict[str
         raise TrainingError(f"--teacher-logits {path}: not a readable logits file ({exc})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("task") != task:
         raise TrainingError(f"--teacher-logits {path} is not a {task} logits file of format {FORMAT}")
-    if header.get("data_sha256") != splits.sources:
+    if by_name(header.get("data_sha256")) != by_name(splits.sources):
         raise TrainingError(
             f"--teacher-logits {path} was made from other data files than this run's ({', '.join(splits.sources)})"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -104,6 +105,7 @@ def test_token_is_required(torchserve: TorchServe) -> None:
         assert response.status_code == 400
         assert "InvalidKeyException" in response.text
     assert httpx.get(f"{torchserve.management_url}/models").status_code == 400
+    assert stat.S_IMODE(torchserve.key_file.stat().st_mode) == 0o600  # the keys: TorchServe's user alone (README)
 
 
 def test_worker_sockets_live_in_the_run_directory(torchserve: TorchServe) -> None:

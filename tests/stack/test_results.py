@@ -75,3 +75,33 @@ def test_a_recorded_run_is_its_archives_training_report(
     assert results.drift(record, store) == [
         f"sentiment-1.0: {archive} reports other figures than training.json records"
     ]
+
+    # a figure measured on the archive (its serving speed) is not part of its training report: not drift
+    fresh = results.summary(results.archive_metrics(archive))
+    record["runs"]["sentiment-1.0"] = {**fresh, "role": "default", **results.measure(archive, "sentiment", seconds=1)}
+    assert record["runs"]["sentiment-1.0"]["served_texts_per_s"] > 0
+    assert results.drift(record, store) == []
+    assert f"| {record['runs']['sentiment-1.0']['served_texts_per_s']:.0f} |" in results.candidates_section(record)
+
+
+def test_the_comparison_shows_each_candidate_with_its_teacher_and_leaves_out_first_run_repeats() -> None:
+    run = next(r for r in results.load()["runs"].values() if r["role"] == "default")
+    record = {
+        "runs": {
+            "plain": {**run, "role": "candidate", "teacher": None},
+            "student": {**run, "role": "candidate", "teacher": "mpnet, validation MCC 0.531"},
+            "repeat": {**run, "role": "first-run"},
+        }
+    }
+    table = results.candidates_section(record)
+    assert "`student` |" in table
+    assert "| mpnet, validation MCC 0.531 |" in table
+    assert "`plain` |" in table
+    assert "`repeat`" not in table
+
+
+def test_a_speed_for_a_run_that_is_not_recorded_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        results.main(["--speed", "no-such-run=x.mar"])
+    assert exit_info.value.code == 2
+    assert "expected LABEL=ARCHIVE with a recorded LABEL" in capsys.readouterr().err

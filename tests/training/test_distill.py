@@ -31,7 +31,8 @@ def test_the_loss_is_cross_entropy_without_the_soft_share_and_zero_soft_loss_whe
 
 def test_text_keys_are_stable_short_digests_that_do_not_carry_the_text() -> None:
     assert text_key("I are a boy") == text_key("I are a boy") != text_key("I am a boy")
-    assert len(text_key("x" * 10_000)) == 16 and "boy" not in text_key("I are a boy")
+    assert len(text_key("x" * 10_000)) == 16
+    assert "boy" not in text_key("I are a boy")
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +48,24 @@ def test_the_teacher_command_writes_one_logit_row_per_training_text_with_its_fac
 ) -> None:
     splits = get_task("cola").load(data_dir)
     header, *rows = (json.loads(line) for line in cola_logits.read_text().splitlines())
-    assert header["task"] == "cola" and header["train_rows"] == len(splits.train) and header["max_length"] == 32
+    assert header["task"] == "cola"
+    assert header["train_rows"] == len(splits.train)
+    assert header["max_length"] == 32
     assert header["data_sha256"] == splits.sources
     assert 0 <= header["teacher"]["train_accuracy"] <= 1
     assert len(rows) == len({text_key(t) for t in splits.train.texts})
     logits, _ = read(cola_logits, task="cola", splits=splits)
-    assert logits.shape == (len(splits.train), 2) and np.isfinite(logits).all()
+    assert logits.shape == (len(splits.train), 2)
+    assert np.isfinite(logits).all()
 
 
 def test_logits_for_another_task_other_data_or_missing_texts_are_refused(cola_logits: Path, data_dir: Path) -> None:
     splits = get_task("cola").load(data_dir)
     with pytest.raises(TrainingError, match="not a sentiment logits file"):
         read(cola_logits, task="sentiment", splits=splits)
+    elsewhere = {f"/another/clone/data/cola/{Path(k).name}": v for k, v in splits.sources.items()}
+    moved = Splits(splits.train, splits.validation, None, sources=elsewhere)
+    assert read(cola_logits, task="cola", splits=moved)[0].shape == (len(splits.train), 2)  # same files elsewhere
     other = Splits(splits.train, splits.validation, None, sources={"other.tsv": "0" * 64})
     with pytest.raises(TrainingError, match="other data files"):
         read(cola_logits, task="cola", splits=other)
@@ -76,7 +83,8 @@ def test_a_student_trains_on_the_soft_labels_and_its_report_and_card_name_the_te
     soft = ["--teacher-logits", str(cola_logits), "--distill-alpha", "0.7"]
     assert train_main([*args, "--output", str(out), "--model-store", str(store), *small, *soft]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["teacher"]["task"] == "cola" and metrics["hyperparameters"]["distill_alpha"] == 0.7
+    assert metrics["teacher"]["task"] == "cola"
+    assert metrics["hyperparameters"]["distill_alpha"] == 0.7
     assert metrics["epochs"][0]["train_loss"] > 0
     assert "Distilled (soft-label share 0.7, temperature 2)" in (store / "cola-1.0.md").read_text()
 

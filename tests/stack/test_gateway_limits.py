@@ -1,0 +1,32 @@
+"""docs/gateway.md's limits table is what the gateway's settings default to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stack import doc_sections, gateway_limits
+
+
+def test_the_limits_table_is_the_settings_defaults() -> None:
+    assert gateway_limits.drift() == [], "docs/gateway.md is stale: run `python -m stack.gateway_limits --write`"
+
+
+def test_a_hand_edited_bound_is_drift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = tmp_path / "gateway.md"
+    begin, end = doc_sections.markers(gateway_limits.SECTION)
+    doc.write_text(f"# g\n\n{begin}\n{gateway_limits.render()}{end}\n")
+    monkeypatch.setattr(gateway_limits, "DOC", doc)
+    assert gateway_limits.drift() == []
+    doc.write_text(doc.read_text().replace("16 KiB", "32 KiB", 1))
+    assert gateway_limits.drift() == [
+        "gateway.md: the gateway:limits section is not what gateway.settings.Settings renders"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("n", "shown"), [(16_384, "16 KiB"), (33_554_432, "32 MiB"), (1_000_000, "1,000,000 bytes"), (1_536, "1,536 bytes")]
+)
+def test_sizes_are_written_in_the_largest_whole_unit(n: int, shown: str) -> None:
+    assert gateway_limits.size(n) == shown

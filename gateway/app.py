@@ -22,13 +22,13 @@ from gateway.aiohttp_transport import AiohttpTransport
 from gateway.canary import SplitWatcher, VersionChooser
 from gateway.catalogue import Catalogue
 from gateway.errors import GatewayError, handle_error
-from gateway.metrics import Metrics, MetricsMiddleware
-from gateway.middleware import DOCS_ASSETS, BodyLimitMiddleware, SecurityHeadersMiddleware
+from gateway.metrics import Metrics
+from gateway.middleware import DOCS_ASSETS, BodyLimit, GatewayMiddleware
 from gateway.replicas import Resolve, resolve_all
-from gateway.request_id import RequestIdMiddleware
-from gateway.routes import build_router
+from gateway.routes import add_routes
 from gateway.settings import Settings, load_settings
 from gateway.torchserve import TorchServeClient
+from gateway.wire import wire_for
 
 log = logging.getLogger("gateway")
 
@@ -92,9 +92,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        wire = transport or AiohttpTransport(limits=pool_limits(settings))
-        async with http_client(settings, wire) as http:
-            client = TorchServeClient(settings, http, resolve=resolve, metrics=app.state.metrics, transport=wire)
+        network = transport or AiohttpTransport(limits=pool_limits(settings))
+        async with http_client(settings, network) as http:
+            client = TorchServeClient(
+                settings, http, resolve=resolve, metrics=app.state.metrics, wire=wire_for(network)
+            )
             replicas = "discovered" if settings.discover_replicas else str(len(client.rotation.members))
             log.info(
                 "gateway up: TorchServe %s (management %s, %s replica(s)), models generate=%s predict=%s, key file %s",
@@ -123,15 +125,13 @@ def create_app(
     app.state.catalogue = Catalogue(settings.model_store) if settings.model_store is not None else None
     for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_class, handle_error)
-    app.include_router(build_router(settings))
-    app.add_middleware(
-        BodyLimitMiddleware,
+    add_routes(app.router, settings)
+    bodies = BodyLimit(
         max_bytes=settings.max_body_bytes,
         timeout_s=settings.body_timeout_s,
         max_buffered=settings.max_buffered_bytes,
         retry_after_s=settings.retry_after_s,
     )
-    app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(RequestIdMiddleware)  # outside the limits: their refusals carry the id too
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: sees every answer
+    # metrics, request id, security headers and the body limit, in one layer (gateway/middleware.py)
+    app.add_middleware(GatewayMiddleware, metrics=app.state.metrics, bodies=bodies)
     return app

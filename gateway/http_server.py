@@ -13,8 +13,10 @@ answers in JSON. :class:`BoundedHttpToolsProtocol` adds, per connection:
   and when none is idle the new one gets 503 + Retry-After and is closed;
 * a malformed request gets 400; every answer here is ``{"error", "type"}`` JSON with ``Connection: close``.
 
+It also writes each answer of the app in one socket write where uvicorn makes two (:class:`OneWriteAnswer`).
+
 Keep-alive idle connections are closed after ``keep_alive_timeout_s`` by uvicorn itself (``timeout_keep_alive``);
-request bodies are bounded by :class:`gateway.middleware.BodyLimitMiddleware` (size, deadline, total buffered).
+request bodies are bounded by :class:`gateway.middleware.BodyLimit` (size, deadline, total buffered).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, ClassVar
 import httptools
 import orjson
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from gateway.settings import Settings, load_settings
 
@@ -52,6 +54,57 @@ class HttpLimits:
             max_client_connections=settings.max_client_connections,
             retry_after_s=settings.retry_after_s,
         )
+
+
+class OneWriteAnswer(asyncio.Transport):
+    """The connection as one response cycle writes to it: the answer's head leaves with its first body bytes.
+
+    uvicorn writes a response's head (status line and headers) when the app sends ``http.response.start`` and the
+    body with each ``http.response.body``: two system calls and two TCP segments for every small answer, where one
+    does (docs/performance.md, section 3b). Here the head is held and written together with the first body bytes
+    (a 304 or an empty body is written too, as zero bytes). When they do not follow at once (a file read, a stream),
+    the head leaves alone at the end of this event-loop turn, or when the connection is closed, so no answer waits
+    for it; an answer to HEAD, which never has body bytes, is not held. The bytes and their order are unchanged."""
+
+    __slots__ = ("_cycle", "_head", "_head_seen", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop):
+        super().__init__()
+        self._transport = transport
+        self._cycle = cycle
+        self._loop = loop
+        self._head: bytes | None = None
+        self._head_seen = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.writelines((head, data))  # one system call, no copy of the body
+        elif self._head_seen or not self._cycle.response_started:  # a body, or "100 Continue" before the answer
+            self._transport.write(data)
+        else:  # uvicorn marks the response started, then writes its head: this write
+            self._head_seen = True
+            if self._cycle.scope["method"] == "HEAD":  # no body bytes will follow
+                self._transport.write(data)
+                return
+            self._head = bytes(data)
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write a head still held (nothing when it left with the body)."""
+        head = self._head
+        if head is not None:
+            self._head = None
+            if not self._transport.is_closing():
+                self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 class _Refused(Exception):
@@ -155,7 +208,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         self.in_head = False
         self.head_bytes = 0
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not previous:  # a new request's cycle (an upgrade makes none); its task has not run yet
+            self.cycle.transport = OneWriteAnswer(self.transport, self.cycle, self.loop)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

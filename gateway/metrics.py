@@ -1,20 +1,19 @@
 """The gateway's own Prometheus metrics: request counts and a latency histogram per method, route and status (the
 per-version families live in :mod:`gateway.model_metrics`).
 
-Plain counters owned by one app instance, fed by a pure ASGI middleware; prometheus-client writes the exposition
-(:meth:`Metrics.collect`). Routes are labelled by their template (``/predict``), unmatched paths as ``<unmatched>``,
-so a client cannot grow the label set. Each uvicorn worker process has its own registry.
+Plain counters owned by one app instance, fed by :class:`gateway.middleware.GatewayMiddleware`; prometheus-client
+writes the exposition (:meth:`Metrics.collect`). Routes are labelled by their template (``/predict``), unmatched
+paths as ``<unmatched>``, so a client cannot grow the label set. Each uvicorn worker process has its own registry.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from gateway.model_metrics import Histogram, ModelMetrics, counter, histogram
 
@@ -40,8 +39,12 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self._histograms[(method, route, str(status))].observe(seconds)
+    def count_request(self, scope: Scope, status: int, seconds: float) -> None:
+        """One HTTP request answered ``status`` after ``seconds``, labelled by its route's template."""
+        route = scope.get("route")
+        template = getattr(route, "path", None) or UNMATCHED
+        method = scope["method"] if scope["method"] in METHODS else "OTHER"
+        self._histograms[(method, template, str(status))].observe(seconds)
 
     def retried(self, reason: str) -> None:
         """One inference request sent to TorchServe a second time (``reason``: why the first attempt was lost)."""
@@ -62,32 +65,3 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text format 0.0.4 (:data:`CONTENT_TYPE`)."""
         return generate_latest(self.registry)
-
-
-class MetricsMiddleware:
-    """Times every HTTP request and records it once the response is complete (500 if the app raised)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED
-            method = scope["method"] if scope["method"] in METHODS else "OTHER"
-            self.metrics.observe(method, template, status, time.perf_counter() - started)

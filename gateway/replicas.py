@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from gateway.settings import HOST_PLACEHOLDER, Settings
+from gateway.wire import UpstreamAnswer, Wire
 from torchserve_protocol.keys import TOKEN_PATH, KeyFile, KeyKind, bearer, fresh_key_async, is_invalid_key
 
 log = logging.getLogger(__name__)
@@ -131,22 +132,22 @@ class Replica:
         upstream: Upstream,
         settings: Settings,
         http: httpx.AsyncClient,
-        transport: httpx.AsyncBaseTransport | None = None,
+        wire: Wire | None = None,
     ) -> None:
         self.upstream = upstream
         self.settings = settings
         self.http = http
-        self.transport = transport
+        self.wire = wire
         self.timeouts = http.timeout.as_dict()
         self.keys = KeyFile(upstream.key_file)
         self._renew_lock = asyncio.Lock()
 
-    async def send(self, method: str, path: str, *, kind: KeyKind, **kwargs: Any) -> httpx.Response:
+    async def send(self, method: str, path: str, *, kind: KeyKind, **kwargs: Any) -> UpstreamAnswer:
         """Send to the inference (``kind="inference"``) or management API of this replica (see :meth:`_send`)."""
         base = self.upstream.inference_base if kind == "inference" else self.upstream.management_base
         return await self._send(method, f"{base}{path}", kind=kind, **kwargs)
 
-    async def _send(self, method: str, url: str, *, kind: KeyKind, **kwargs: Any) -> httpx.Response:
+    async def _send(self, method: str, url: str, *, kind: KeyKind, **kwargs: Any) -> UpstreamAnswer:
         """Send with the cached key; on TorchServe's invalid-key answer fetch a fresh key and retry exactly once."""
         headers = dict(kwargs.pop("headers", {}))
         key = self.keys.get(kind).value
@@ -164,18 +165,13 @@ class Replica:
         log.info("TorchServe rejected the %s key; retrying once with the key re-read from the file", kind)
         return await self._request(method, url, {**headers, **bearer(fresh)}, **kwargs)
 
-    async def _request(self, method: str, url: str, headers: dict[str, str], **kwargs: Any) -> httpx.Response:
-        """Straight to the transport when there is one: httpx's client layer (URL merging, default headers, cookie
-        jar, auth and redirect flows) does nothing here and costs CPU on every proxied request (docs/performance.md).
+    async def _request(self, method: str, url: str, headers: dict[str, str], **kwargs: Any) -> UpstreamAnswer:
+        """Straight to the wire when there is one: httpx's client layer (URL merging, default headers, cookie jar,
+        auth and redirect flows) does nothing here and costs CPU on every proxied request (docs/performance.md).
         Same request, timeouts and exceptions as ``http.request``, which still serves calls with query parameters."""
-        if self.transport is None or kwargs.keys() - {"content"}:
+        if self.wire is None or kwargs.keys() - {"content"}:
             return await self.http.request(method, url, headers=headers, **kwargs)
-        request = httpx.Request(
-            method, url, headers=headers, content=kwargs.get("content"), extensions={"timeout": self.timeouts}
-        )
-        response = await self.transport.handle_async_request(request)
-        await response.aread()
-        return response
+        return await self.wire.exchange(method, url, headers, kwargs.get("content"), self.timeouts)
 
     async def _renew(self, kind: KeyKind, *, rejected: str) -> None:
         """``POST /token?type=<kind>`` with the API key: TorchServe makes a new key and rewrites the file."""

@@ -178,10 +178,12 @@ def add_inference_route(router: APIRouter, route: Inference) -> None:
     )  # fmt: skip
 
 
-def build_router(settings: Settings) -> APIRouter:
+def add_routes(router: APIRouter, settings: Settings) -> None:
+    """Every endpoint, added to ``router``: the app's own router, not one included into it, because FastAPI
+    matches an included router's routes through one more layer on every request (docs/performance.md, section 3b);
+    the OpenAPI document is the same either way."""
     models = request_models(max_chars=settings.max_text_chars, max_items=settings.max_batch_items)
     cola, sentiment = settings.generate_model, settings.predict_model
-    router = APIRouter()
     for route in (
         Inference("/generate", "generate", "cola", "P(acceptable) of one passage", cola, models.generate,
                   generate_result, GenerateResponse),
@@ -246,5 +248,3 @@ def build_router(settings: Settings) -> APIRouter:
     async def metrics(request: Request) -> PrometheusText:
         registry: Metrics = request.app.state.metrics
         return PrometheusText(registry.render())
-
-    return router

@@ -66,7 +66,7 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
         "created": metrics.get("created"),
         "base": _get(metrics, "base.name") or metrics.get("base_model"),
         "upstream": _get(metrics, "base.upstream"),
-        "epochs": _get(metrics, "hyperparameters.epochs"),
+        "epochs": _epochs(metrics),
         "lr": _get(metrics, "hyperparameters.lr"),
         "precision": _get(metrics, "hyperparameters.precision"),
         "metric": METRIC_NAMES.get(metric, metric),
@@ -143,6 +143,13 @@ def archive_metrics(archive: Path) -> dict[str, Any]:
 
 def _num(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _epochs(metrics: dict[str, Any]) -> int | str | None:
+    """``2``, or ``"1 of 2"`` for a run stopped part-way through a longer learning-rate schedule."""
+    epochs = _get(metrics, "hyperparameters.epochs")
+    schedule = _get(metrics, "hyperparameters.schedule_epochs")
+    return epochs if schedule in (None, epochs) else f"{epochs} of {schedule}"
 
 
 def _minutes(seconds: float | None) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from handlers.text_classification import ENGINES
 from torchserve_protocol.archives import VERSION_RE
 from torchserve_protocol.layout import REPO, default_model_store
+from training.augment import AUGMENTATIONS, NONE
 from training.base_models import BASE_MODELS
 from training.tasks import TASKS, DataError, default_data_dir, get_task
 
@@ -27,7 +28,7 @@ PROG = "python -m training.train"
 DESCRIPTION = (
     "Fine-tune a sequence classifier for one task, evaluate every epoch, keep the best, check int8, package a .mar."
 )
-POSITIVE = ("epochs", "batch_size", "max_length", "log_every", "max_train_rows", "max_eval_rows")
+POSITIVE = ("epochs", "schedule_epochs", "batch_size", "max_length", "log_every", "max_train_rows", "max_eval_rows")
 
 
 class TrainingError(RuntimeError):
@@ -57,6 +58,12 @@ class Config:
     model_store: Path = field(metadata=flag("where the .mar goes (default: $MODEL_STORE or model_store/)"))
     version: str | None = field(metadata=flag("archive version (default: next major version of the task in the store)"))
     epochs: int = field(metadata=flag("default: the task's recipe (training/tasks.py)"))
+    schedule_epochs: int = field(
+        metadata=flag(
+            "epochs the warm-up and linear decay span; training stops after --epochs (default: the task's recipe "
+            "when --epochs is too, else --epochs)"
+        )
+    )
     batch_size: int = field(metadata=flag(default=32))
     lr: float = field(metadata=flag("peak learning rate (default: the task's recipe)"))
     weight_decay: float = field(metadata=flag(default=0.01))
@@ -82,6 +89,12 @@ class Config:
             "archive) or torch (quantized at load)",
             choices=ENGINES,
             default="onnxruntime",
+        )
+    )
+    augment: str = field(
+        metadata=flag(
+            "extra training rows made from the training split (training/augment.py; default: the task's recipe)",
+            choices=(NONE, *sorted({name for names in AUGMENTATIONS.values() for name in names})),
         )
     )
     group_by_length: bool = field(
@@ -176,6 +189,18 @@ def parse_args(argv: list[str] | None) -> Config:
         "epochs": recipe.epochs,
         "lr": recipe.lr,
         "warmup_ratio": recipe.warmup_ratio,
+        "augment": NONE if a.teacher_logits else recipe.augment,  # a teacher's logits cover the data's own texts
     }
+    if a.schedule_epochs is None:
+        from_recipe = a.epochs is None and recipe.schedule_epochs is not None
+        a.schedule_epochs = recipe.schedule_epochs if from_recipe else (a.epochs or recipe.epochs)
     values = vars(a) | {name: default for name, default in resolved.items() if getattr(a, name) is None}
+    if values["augment"] != NONE and values["augment"] not in AUGMENTATIONS.get(task.name, {}):
+        raise TrainingError(f"--augment {values['augment']} does not apply to task {task.name} (use --augment none)")
+    if values["augment"] != NONE and a.teacher_logits:
+        raise TrainingError("--teacher-logits has logits for the training texts only: use --augment none with it")
+    if values["schedule_epochs"] < values["epochs"]:
+        raise TrainingError(
+            f"--schedule-epochs ({values['schedule_epochs']}) must be at least --epochs ({values['epochs']})"
+        )
     return Config(**(values | {"base_model": base, "keep_fp32": tuple(a.keep_fp32)}))

@@ -216,7 +216,7 @@ def fit(
     ]
     steps_per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
     optimizer = optimizer_for(model, cfg)
-    total_steps = steps_per_epoch * cfg.epochs
+    total_steps = steps_per_epoch * cfg.schedule_epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     history: list[EpochResult] = []
     best: EpochResult | None = None

@@ -86,6 +86,17 @@ def base_line(r: RunReport) -> str:
     return f"`{r.config.base_model}`"
 
 
+def augmentation_lines(r: RunReport) -> list[str]:
+    """With ``--augment``: how many of the train rows were made, and by which rule."""
+    if not r.rows.get("augmented"):
+        return []
+    return [
+        "",
+        f"{r.rows['augmented']} of the train rows were made from training sentences by `--augment {r.config.augment}`"
+        " (training/augment.py); validation and test hold none.",
+    ]
+
+
 def teacher_lines(r: RunReport) -> list[str]:
     """With ``--teacher-logits``: which teacher the soft labels came from, and how good it was."""
     if r.teacher is None:
@@ -173,6 +184,7 @@ def model_card(r: RunReport) -> str:
         "",
         "## Data",
         f"Rows: {r.rows['train']} train, {r.rows['validation']} validation, {r.rows['test']} test.",
+        *augmentation_lines(r),
         "",
         *(f"- `{Path(src).name}` sha256 `{digest}`" for src, digest in r.data_sha256.items()),
         "",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from training.arguments import Config, TrainingError
+from training.augment import NONE
 from training.fit import EpochResult, FitResult
 from training.int8_check import Int8Check
 from training.tasks import Task
@@ -128,7 +129,11 @@ def read_finished_run(folder: Path, task: Task) -> FinishedRun:
     names = {f.name for f in fields(EpochResult)}
     try:
         epochs = [EpochResult(**{k: v for k, v in row.items() if k in names}) for row in prior["epochs"]]
-        trained = {k: prior["hyperparameters"][k] for k in RETRAINED}
+        hyper = prior["hyperparameters"]
+        trained = {k: hyper[k] for k in RETRAINED}
+        # runs from before --schedule-epochs and --augment decayed over exactly their epochs, with no extra rows
+        trained["schedule_epochs"] = hyper.get("schedule_epochs", hyper["epochs"])
+        trained["augment"] = hyper.get("augment", NONE)
         return FinishedRun(folder, trained, FitResult(epochs, prior["best_epoch"]), prior["command"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise TrainingError(

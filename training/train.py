@@ -31,6 +31,7 @@ from transformers.utils import logging as hf_logging
 from torchserve_protocol.archives import archive_name
 from training import distill, int8_check, onnx_build, report
 from training.arguments import PROG, Config, TrainingError, parse_args
+from training.augment import augmented
 from training.base_models import BaseModelError, resolve
 from training.fit import evaluate, fit, resolve_precision
 from training.package import PackagingError, ServingConfig, next_version, package
@@ -49,7 +50,9 @@ def load_data(task: Task, cfg: Config) -> Splits:
     if not cfg.data_dir.is_dir():
         raise DataError(f"data directory {cfg.data_dir} does not exist (set --data-dir or DATA_DIR)")
     splits = task.load(cfg.data_dir)
-    splits.train = splits.train.subset(cfg.max_train_rows, seed=cfg.seed)
+    train = splits.train.subset(cfg.max_train_rows, seed=cfg.seed)
+    held = [*splits.validation.texts, *(splits.test.texts if splits.test else [])]
+    splits.train, splits.augmented = augmented(task.name, cfg.augment, train, held=held)
     splits.validation = splits.validation.subset(cfg.max_eval_rows, seed=cfg.seed)
     if splits.test is not None:
         splits.test = splits.test.subset(cfg.max_eval_rows, seed=cfg.seed)
@@ -91,13 +94,13 @@ def run(cfg: Config, argv: list[str]) -> Path:
         raise PackagingError(
             f"{cfg.model_store / archive_name(task.name, version)} already exists: pick another --version"
         )
+    prior = read_finished_run(cfg.from_run, task) if cfg.from_run else None
+    if prior is not None:  # the settings the model was trained with, for the report and the card
+        cfg = replace(cfg, **prior.trained)
     splits = load_data(task, cfg)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    prior = read_finished_run(cfg.from_run, task) if cfg.from_run else None
-    if prior is not None:  # the settings the model was trained with, for the report and the card
-        cfg = replace(cfg, **prior.trained)
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))
     soft_labels, teacher = (
         distill.read(cfg.teacher_logits, task=task.name, splits=splits) if cfg.teacher_logits else (None, None)
@@ -144,7 +147,12 @@ def run(cfg: Config, argv: list[str]) -> Path:
         labels=task.labels,
         metric=task.metric,
         data_sha256=splits.sources,
-        rows={"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test or [])},
+        rows={
+            "train": len(splits.train),
+            "augmented": splits.augmented,  # of the train rows
+            "validation": len(splits.validation),
+            "test": len(splits.test or []),
+        },
         fit=fitted,
         trained_by=prior.trained_by if prior else None,
         teacher=teacher,

@@ -60,6 +60,7 @@ EXPIRY = "tests/integration/test_key_expiry.py"
 COMPOSE = sources.compose()["services"]
 SMOKE = REPO / "tests" / "benchmarks" / "test_smoke.py"
 REVIEWS = REPO / "data" / "google_play_reviews" / "reviews.csv"
+DEFAULT_RECIPES = {name: task.recipe(task.base_model) for name, task in TASKS.items()}
 
 README = [
     stated("README.md", "[TorchServe](https://pytorch.org/serve/) {}", sources.pinned("runtime.txt", "torchserve")),
@@ -112,13 +113,16 @@ README = [
     ),
     stated(
         "README.md",
-        "**cola on {}** ({} epochs, lr {}), **sentiment on {}** ({} epochs, lr {})",
+        "**cola on {}** ({} epochs, lr {}, with {} errors made from its acceptable training sentences), **sentiment\n"
+        "on {}** ({} epoch of a {}-epoch schedule, lr {})",
         BASE_NAMES[TASKS["cola"].base_model],
-        TASKS["cola"].recipes[TASKS["cola"].base_model].epochs,
-        sci(TASKS["cola"].recipes[TASKS["cola"].base_model].lr),
+        DEFAULT_RECIPES["cola"].epochs,
+        sci(DEFAULT_RECIPES["cola"].lr),
+        DEFAULT_RECIPES["cola"].augment,
         BASE_NAMES[TASKS["sentiment"].base_model],
-        TASKS["sentiment"].recipes[TASKS["sentiment"].base_model].epochs,
-        sci(TASKS["sentiment"].recipes[TASKS["sentiment"].base_model].lr),
+        DEFAULT_RECIPES["sentiment"].epochs,
+        DEFAULT_RECIPES["sentiment"].schedule_epochs,
+        sci(DEFAULT_RECIPES["sentiment"].lr),
     ),
     stated(
         "README.md",
@@ -410,10 +414,12 @@ INVARIANCE_TEXTS = int(sources.found(INVARIANCE, r"texts_of_every_length\((\d+)"
 TEST_SIZE = [float(size) for size in re.findall(r"test_size=([\d.]+)", (REPO / "training" / "tasks.py").read_text())]
 
 
-def recipe(base: str) -> tuple[str, str, str]:
-    """A base's recipe as the doc writes it once for every task: epochs / lr / warm-up ratio."""
-    recipes = [task.recipe(base) for task in TASKS.values()]
-    return the_one(*((f"{r.epochs}", sci(r.lr), f"{r.warmup_ratio:g}") for r in recipes))
+def recipe(base: str, tasks: tuple[str, ...] = tuple(TASKS)) -> tuple[str, str, str, str]:
+    """A base's recipe as the doc writes it once for the given tasks: epochs / schedule epochs / lr / warm-up."""
+    recipes = [TASKS[name].recipe(base) for name in tasks]
+    return the_one(
+        *((f"{r.epochs}", f"{r.schedule_epochs or r.epochs}", sci(r.lr), f"{r.warmup_ratio:g}") for r in recipes)
+    )
 
 
 def stars(label: int) -> str:
@@ -459,8 +465,10 @@ TRAINING_CLAIMS = [
     ),
     stated(
         TRAINING_DOC,
-        "MPNet {} / {} / {}, MiniLM and any other base {} / {} / {} |",
-        *recipe("mpnet"),
+        "MPNet for cola {} / {} / {} / {}, for sentiment {} / {} / {} / {}; "
+        "MiniLM and any other base {} / {} / {} / {} |",
+        *recipe("mpnet", ("cola",)),
+        *recipe("mpnet", ("sentiment",)),
         *the_one(recipe("minilm"), recipe("any other base")),
     ),
     stated(

@@ -12,9 +12,10 @@ from training.arguments import REPO, Config, TrainingError, parse_args, parser
 from training.tasks import TASKS
 
 FLAGS = {
-    "--task", "--base-model", "--data-dir", "--output", "--model-store", "--version", "--epochs", "--batch-size",
+    "--task", "--base-model", "--data-dir", "--output", "--model-store", "--version", "--epochs", "--schedule-epochs",
+    "--batch-size",
     "--lr", "--weight-decay", "--warmup-ratio", "--seed", "--max-length", "--max-train-rows", "--max-eval-rows",
-    "--max-int8-drop", "--quantization", "--keep-fp32", "--engine", "--no-group-by-length", "--int8-study",
+    "--max-int8-drop", "--quantization", "--keep-fp32", "--engine", "--augment", "--no-group-by-length", "--int8-study",
     "--from-run", "--teacher-logits", "--distill-alpha", "--distill-temperature", "--log-every", "--precision",
 }  # fmt: skip
 
@@ -44,7 +45,31 @@ def test_defaults_come_from_the_task_recipe_and_the_environment(monkeypatch: pyt
     monkeypatch.setenv("MODEL_STORE", "/srv/store")
     cfg = parse_args(["--task", "cola"])
     assert (cfg.base_model, cfg.epochs, cfg.lr, cfg.warmup_ratio) == ("minilm", 3, 5e-5, 0.0)
+    assert cfg.schedule_epochs == 3
     assert cfg.model_store == Path("/srv/store")
+
+
+def test_a_recipe_may_stop_part_way_through_a_longer_schedule_and_flags_override_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BASE_MODEL", raising=False)
+    assert (parse_args(["--task", "sentiment"]).epochs, parse_args(["--task", "sentiment"]).schedule_epochs) == (1, 2)
+    assert parse_args(["--task", "sentiment", "--epochs", "3"]).schedule_epochs == 3  # a schedule of its own epochs
+    cfg = parse_args(["--task", "sentiment", "--epochs", "2", "--schedule-epochs", "5"])
+    assert (cfg.epochs, cfg.schedule_epochs) == (2, 5)
+    assert parse_args(["--task", "cola", "--schedule-epochs", "4"]).schedule_epochs == 4
+
+
+def test_the_augmentation_comes_from_the_recipe_unless_a_teacher_or_a_flag_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BASE_MODEL", raising=False)
+    assert parse_args(["--task", "cola"]).augment == TASKS["cola"].recipe("mpnet").augment == "agreement"
+    assert parse_args(["--task", "cola", "--base-model", "minilm"]).augment == "none"
+    assert parse_args(["--task", "cola", "--base-model", "minilm", "--augment", "agreement"]).augment == "agreement"
+    assert parse_args(["--task", "cola", "--augment", "none"]).augment == "none"
+    assert parse_args(["--task", "cola", "--teacher-logits", "t.jsonl"]).augment == "none"
+    assert parse_args(["--task", "sentiment"]).augment == "none"
 
 
 def test_flags_override_the_defaults() -> None:
@@ -64,6 +89,10 @@ def test_flags_override_the_defaults() -> None:
         (["--epochs", "0"], "--epochs must be a positive integer, not 0"),
         (["--max-eval-rows", "-3"], "--max-eval-rows must be a positive integer, not -3"),
         (["--version", "v2"], "--version 'v2' must look like 1, 1.0 or 1.0.2"),
+        (["--schedule-epochs", "0"], "--schedule-epochs must be a positive integer, not 0"),
+        (["--task", "sentiment", "--augment", "agreement"], "--augment agreement does not apply to task sentiment"),
+        (["--augment", "agreement", "--teacher-logits", "t.jsonl"], "--teacher-logits has logits for the training"),
+        (["--epochs", "3", "--schedule-epochs", "2"], r"--schedule-epochs \(2\) must be at least --epochs \(3\)"),
     ],
 )
 def test_bad_values_are_one_line_errors(argv: list[str], message: str) -> None:

@@ -61,3 +61,26 @@ def test_weight_decay_spares_biases_and_norms(tiny_models: dict[str, Path]) -> N
     assert no_decay["weight_decay"] == 0.0
     assert all(names[id(p)].endswith("bias") or "norm" in names[id(p)].lower() for p in no_decay["params"])
     assert not any(names[id(p)].endswith("bias") for p in decay["params"])
+
+
+def test_stopping_part_way_through_a_schedule_repeats_that_part_of_the_full_run(
+    tiny_models: dict[str, Path], data_dir: Path, tmp_path: Path
+) -> None:
+    """``--epochs 1 --schedule-epochs 2`` trains exactly the first epoch of a two-epoch run (the served sentiment
+    recipe relies on it); a one-epoch schedule decays faster and trains another model."""
+    task = get_task("cola")
+    base = str(tiny_models["cola"])
+    splits = task.load(data_dir)
+    splits.train = splits.train.subset(32, seed=0)
+    splits.validation = splits.validation.subset(16, seed=0)
+
+    def first_epoch_loss(epochs: int, schedule: int) -> float:
+        argv = ["--task", "cola", "--base-model", base, "--batch-size", "8", "--lr", "1e-3", "--warmup-ratio", "0.1"]
+        cfg = parse_args([*argv, "--epochs", str(epochs), "--schedule-epochs", str(schedule), "--max-length", "64"])
+        result = fit(task, splits, replace(cfg, precision="fp32"), torch.device("cpu"), tmp_path / "best", base=base)
+        assert [row.epoch for row in result.epochs] == list(range(1, epochs + 1))
+        return result.epochs[0].train_loss
+
+    full = first_epoch_loss(2, 2)
+    assert first_epoch_loss(1, 2) == full
+    assert first_epoch_loss(1, 1) != full

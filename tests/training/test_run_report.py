@@ -79,8 +79,14 @@ def test_a_finished_run_reads_back_what_it_wrote(tmp_path: Path) -> None:
     prior = read_finished_run(folder, get_task("cola"))
     assert prior.fit == report.fit
     generic = {"epochs": 3, "lr": 5e-5, "warmup_ratio": 0.0}  # a folder as the base: the generic recipe
-    assert prior.trained == {"base_model": "/models/tiny", **generic, "precision": "auto"}
+    trained = {"base_model": "/models/tiny", **generic, "precision": "auto", "schedule_epochs": 3, "augment": "none"}
+    assert prior.trained == trained
     assert prior.trained_by == TrainedBy(str(folder), report.command)
+    older = report.as_json()  # a run from before --schedule-epochs and --augment
+    for name in ("schedule_epochs", "augment"):
+        del older["hyperparameters"][name]
+    (folder / "metrics.json").write_text(json.dumps(older))
+    assert read_finished_run(folder, get_task("cola")).trained == trained
     with pytest.raises(TrainingError, match="is not a finished sentiment run"):
         read_finished_run(folder, get_task("sentiment"))
     (folder / "metrics.json").write_text(json.dumps({"task": "cola"}))

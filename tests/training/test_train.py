@@ -93,13 +93,17 @@ def test_a_finished_run_is_checked_and_packaged_again_without_training(
     tiny_models: dict[str, Path], data_dir: Path, tmp_path: Path
 ) -> None:
     store = tmp_path / "store"
-    assert train("cola", tiny_models["cola"], data_dir, tmp_path / "run", store, "--lr", "1e-4") == 0
+    extra = ["--lr", "1e-4", "--augment", "agreement"]
+    assert train("cola", tiny_models["cola"], data_dir, tmp_path / "run", store, *extra) == 0
     first = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert first["rows"]["train"] == 40 + first["rows"]["augmented"] > 40  # agreement errors made from the 40
+    assert f"{first['rows']['augmented']} of the train rows were made" in (store / "cola-1.0.md").read_text()
     args = ["--task", "cola", "--data-dir", str(data_dir), "--output", str(tmp_path / "again"), "--model-store"]
     assert main([*args, str(store), "--from-run", str(tmp_path / "run"), "--max-eval-rows", "24"]) == 0
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["epochs"] == first["epochs"]  # not trained again: the first run's history
     assert again["hyperparameters"]["lr"] == 1e-4  # the settings it was trained with, not today's defaults
+    assert again["hyperparameters"]["augment"] == "agreement"
     assert again["trained_by"]["run"] == str(tmp_path / "run")
     assert (store / "cola-2.0.mar").is_file()
     assert "Fine-tuned earlier by" in (store / "cola-2.0.md").read_text()

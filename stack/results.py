@@ -67,6 +67,7 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
         "base": _get(metrics, "base.name") or metrics.get("base_model"),
         "upstream": _get(metrics, "base.upstream"),
         "epochs": _epochs(metrics),
+        "augment": _get(metrics, "hyperparameters.augment") or "none",
         "lr": _get(metrics, "hyperparameters.lr"),
         "precision": _get(metrics, "hyperparameters.precision"),
         "metric": METRIC_NAMES.get(metric, metric),
@@ -152,6 +153,12 @@ def _epochs(metrics: dict[str, Any]) -> int | str | None:
     return epochs if schedule in (None, epochs) else f"{epochs} of {schedule}"
 
 
+def _recipe(run: dict[str, Any]) -> str:
+    """``mpnet, 2, 3e-05``: base, epochs and lr, and the extra training rows where there were any."""
+    extra = run.get("augment", "none")  # runs recorded before --augment existed had none
+    return f"{run['base']}, {run['epochs']}, {run['lr']}" + ("" if extra == "none" else f", + {extra} errors")
+
+
 def _minutes(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds / 60:.0f} min"
 
@@ -184,7 +191,7 @@ def runs_section(record: dict[str, Any]) -> str:
     for label, run in sorted(record["runs"].items(), key=lambda item: (item[1]["task"], item[1]["role"], item[0])):
         ece = {split: " -> ".join(map(_num, run["ece"].get(split) or [None, None])) for split in ("validation", "test")}
         lines.append(
-            f"| `{label}` | {ROLES[run['role']]} | {run['base']}, {run['epochs']}, {run['lr']}, {run['precision']} | "
+            f"| `{label}` | {ROLES[run['role']]} | {_recipe(run)}, {run['precision']} | "
             f"{run['metric']} | {_num(run['fp32']['validation'])} | **{_num(run['served']['validation'])}** | "
             f"{_num(run['served']['test'])} | {_num(run['temperature'], 2)} | {ece['validation']} | {ece['test']} | "
             f"{_num(run['batch_invariance'], 6)} | {_minutes(run['training_s'])} |"
@@ -205,7 +212,7 @@ def candidates_section(record: dict[str, Any]) -> str:
         # a default's first run from a fresh clone is the time a user waits (a --from-run default did not train)
         seconds = record["runs"].get(f"first-run/{label}", {}).get("training_s") or run["training_s"]
         lines.append(
-            f"| {run['task']} | `{label}`{default} | {run['base']}, {run['epochs']}, {run['lr']} | "
+            f"| {run['task']} | `{label}`{default} | {_recipe(run)} | "
             f"{run.get('teacher') or '-'} | {_num(run['served']['validation'])} {run['metric']} | "
             f"{_num(run['served']['test'])} | {_num(run.get('served_texts_per_s'), 0)} | "
             f"{_minutes(seconds)} |"
@@ -223,13 +230,15 @@ def candidates_section(record: dict[str, Any]) -> str:
 
 
 def int8_section(record: dict[str, Any]) -> str:
-    """docs/training.md's int8 table: every candidate the check of each recorded default scored, in its order."""
+    """docs/training.md's int8 table: every candidate the check of each recorded default scored, in its order, and
+    of each run that scored them all (``--int8-study``)."""
     lines = [
         "| run | candidate | validation metric | drop vs fp32 | labels changed | within the bound | served |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, run in sorted(record["runs"].items()):
-        if run["role"] != "default":
+        studied = not all(candidate["eligible"] for candidate in run["int8_candidates"])
+        if run["role"] != "default" and not studied:
             continue
         for candidate in run["int8_candidates"]:
             lines.append(

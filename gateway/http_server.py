@@ -9,9 +9,18 @@ answers in JSON. :class:`BoundedHttpToolsProtocol` adds, per connection:
   at most ``max_headers`` header lines (431); counted as bytes arrive, so a flood is cut after a few KiB;
 * the whole head within ``header_timeout_s`` of the connection opening or of the request's first byte (408 when
   part of a head arrived, else the connection is simply closed);
-* at most ``max_client_connections`` open connections: the connection idle the longest is closed to make room,
-  and when none is idle the new one gets 503 + Retry-After and is closed;
+* at most ``max_client_connections`` open connections: a connection lingering after its answer (below), else the
+  one idle the longest, is closed to make room, and when none can go the new one gets 503 + Retry-After;
 * a malformed request gets 400; every answer here is ``{"error", "type"}`` JSON with ``Connection: close``.
+
+Every connection the server closes after an answer while the client may still be sending (these refusals, and an
+app's ``Connection: close`` answer given before the request's body was read to its end: 413, 408, 503) is closed by
+a **lingering close** (:meth:`BoundedHttpToolsProtocol.linger`), as nginx and Apache do: closing a socket that holds
+unread bytes makes the kernel answer with a reset instead of a FIN, and the reset can cost the client the answer
+(Linux reports it on the client's next read; other stacks drop the unread answer). So the sending side is shut
+first (the FIN follows the answer), and what still comes is read and dropped until the client closes, for at most
+``linger_s`` and ``linger_bytes``; then the connection is closed. A lingering connection still counts against the
+connection cap and is the first closed to make room.
 
 It also writes each answer of the app in one socket write where uvicorn makes two (:class:`OneWriteAnswer`).
 
@@ -43,6 +52,8 @@ class HttpLimits:
     header_timeout_s: float
     max_client_connections: int
     retry_after_s: int
+    linger_s: float
+    linger_bytes: int
 
     @classmethod
     def of(cls, settings: Settings) -> HttpLimits:
@@ -53,6 +64,8 @@ class HttpLimits:
             header_timeout_s=settings.header_timeout_s,
             max_client_connections=settings.max_client_connections,
             retry_after_s=settings.retry_after_s,
+            linger_s=settings.linger_s,
+            linger_bytes=settings.linger_bytes,
         )
 
 
@@ -66,13 +79,14 @@ class OneWriteAnswer(asyncio.Transport):
     the head leaves alone at the end of this event-loop turn, or when the connection is closed, so no answer waits
     for it; an answer to HEAD, which never has body bytes, is not held. The bytes and their order are unchanged."""
 
-    __slots__ = ("_cycle", "_head", "_head_seen", "_loop", "_transport")
+    __slots__ = ("_cycle", "_head", "_head_seen", "_loop", "_protocol", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop):
+    def __init__(self, protocol: BoundedHttpToolsProtocol, cycle: RequestResponseCycle):
         super().__init__()
-        self._transport = transport
+        self._protocol = protocol
+        self._transport = protocol.transport
         self._cycle = cycle
-        self._loop = loop
+        self._loop = protocol.loop
         self._head: bytes | None = None
         self._head_seen = False
 
@@ -96,15 +110,18 @@ class OneWriteAnswer(asyncio.Transport):
         head = self._head
         if head is not None:
             self._head = None
-            if not self._transport.is_closing():
+            if not self.is_closing():
                 self._transport.write(head)
 
     def close(self) -> None:
+        """The answer closes the connection (``Connection: close``, or the app failed): see
+        :meth:`BoundedHttpToolsProtocol.close_after_answer`."""
         self.flush()
-        self._transport.close()
+        self._protocol.close_after_answer()
 
     def is_closing(self) -> bool:
-        return self._transport.is_closing()
+        """Also once the answer was given up (a lingering close ended the request): nothing more may be written."""
+        return self._cycle.disconnected or self._transport.is_closing()
 
 
 class _Refused(Exception):
@@ -130,6 +147,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.idle_since: float | None = None  # set while no request is in progress
         self.refusal: tuple[int, str, str] | None = None
         self.head_timer: asyncio.TimerHandle | None = None
+        self.linger_left: int | None = None  # while lingering: the bytes it may still read and drop
+        self.linger_since: float | None = None  # while lingering: when it began
+        self.linger_timer: asyncio.TimerHandle | None = None  # while lingering: its end
 
     # Connection life cycle
 
@@ -137,30 +157,46 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.idle_since = time.monotonic()
         self._arm_head_timer()
-        if len(self.connections) > self.bounds.max_client_connections and not self._close_longest_idle():
+        if len(self.connections) > self.bounds.max_client_connections and not self._make_room():
             self.refuse(503, "too many open connections; retry later", "unavailable")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        if self.linger_timer is not None:
+            self.linger_timer.cancel()
+            self.linger_timer = None
         super().connection_lost(exc)
 
-    def _close_longest_idle(self) -> bool:
-        idle = [
-            c
-            for c in self.connections
-            if c is not self and isinstance(c, BoundedHttpToolsProtocol) and c.idle_since is not None
-        ]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda c: c.idle_since or 0.0)
-        victim.idle_since = None
-        victim.transport.close()
-        return True
+    def shutdown(self) -> None:
+        if self.linger_left is not None:  # its answer is out: nothing to wait for
+            self.transport.close()
+        else:
+            super().shutdown()
+
+    def _make_room(self) -> bool:
+        """Close connections until this one fits under the cap: those lingering after their answer (the one lingering
+        the longest first), then the ones idle the longest. False when that is not enough. Connections already
+        closing do not count (they are gone once the loop gets to them)."""
+        others = [c for c in self.connections if c is not self and not c.transport.is_closing()]
+        excess = len(others) + 1 - self.bounds.max_client_connections
+        if excess <= 0:
+            return True
+        ours = [c for c in others if isinstance(c, BoundedHttpToolsProtocol)]
+        lingering = sorted((c for c in ours if c.linger_since is not None), key=_linger_since)
+        idle = sorted((c for c in ours if c.idle_since is not None), key=_idle_since)
+        victims = (lingering + idle)[:excess]
+        for victim in victims:
+            victim.idle_since = None
+            victim.transport.close()
+        return len(victims) == excess
 
     # Bytes in: count the head before the parser buffers it
 
     def data_received(self, data: bytes) -> None:
-        if self.refusal is not None:
+        if self.linger_left is not None:  # answered and closing: read and drop, within the bound
+            self.linger_left -= len(data)
+            if self.linger_left < 0:
+                self.transport.close()
             return
         self._unset_keepalive_if_required()
         if self.in_head:
@@ -211,7 +247,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         previous = self.cycle
         super().on_headers_complete()
         if self.cycle is not previous:  # a new request's cycle (an upgrade makes none); its task has not run yet
-            self.cycle.transport = OneWriteAnswer(self.transport, self.cycle, self.loop)
+            self.cycle.transport = OneWriteAnswer(self, self.cycle)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -220,7 +256,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.refusal is None and not self.pipeline:
+        if self.linger_left is not None:  # the answer closed the connection: no keep-alive wait
+            self._unset_keepalive_if_required()
+        elif self.refusal is None and not self.pipeline:
             self.idle_since = time.monotonic()
 
     def _stop(self, status: int, message: str, kind: str) -> None:
@@ -268,7 +306,50 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if status == 503:
             head.append(b"retry-after: " + str(self.bounds.retry_after_s).encode())
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-        self.transport.close()
+        if self.pipeline:  # an earlier request is still answered, which may write after us: no half-close under it
+            self.transport.close()
+        else:
+            self.linger()
+
+    def close_after_answer(self) -> None:
+        """The app's answer closes the connection: at once when its request was read to its end (the client has
+        nothing more to send), else by :meth:`linger` (a 413 before the body, a 408 or 503 amid it)."""
+        if self.in_head:  # set again once a request's message is complete
+            self.transport.close()
+        else:
+            self.linger()
+
+    def linger(self) -> None:
+        """Close after an answer while the client may still be sending: shut the sending side now (the FIN follows
+        the answer), read and drop what comes until the client closes (then the transport closes itself), at most
+        ``linger_bytes`` of it and for at most ``linger_s``; then close. The request in progress, if any, is over
+        (its app sees a disconnect) and pipelined ones are dropped."""
+        transport = self.transport
+        if transport.is_closing() or self.linger_left is not None:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self.idle_since = None
+        self._cancel_head_timer()
+        self.pipeline.clear()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.flow.resume_reading()
+        transport.write_eof()
+        self.linger_left = self.bounds.linger_bytes
+        self.linger_since = time.monotonic()
+        self.linger_timer = self.loop.call_later(self.bounds.linger_s, transport.close)
+
+
+def _linger_since(connection: BoundedHttpToolsProtocol) -> float:
+    return connection.linger_since or 0.0
+
+
+def _idle_since(connection: BoundedHttpToolsProtocol) -> float:
+    return connection.idle_since or 0.0
 
 
 def protocol_for(settings: Settings) -> type[BoundedHttpToolsProtocol]:

@@ -128,8 +128,26 @@ class Settings(BaseSettings):
         default=256,
         ge=1,
         le=100_000,
-        description="Open client connections per gateway process. Past it the connection idle the longest is "
-        "closed to make room; when none is idle the new connection gets 503 + Retry-After and is closed.",
+        description="Open client connections per gateway process (lingering ones included: linger_s). Past it a "
+        "connection lingering after its answer, else the one idle the longest, is closed to make room; when none can "
+        "go the new connection gets 503 + Retry-After and is closed.",
+    )
+    linger_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="After an answer that closes the connection before the request was read to its end (431, 414, "
+        "400, 408, 413, 503), the gateway ends its sending side (the client reads the answer, then a clean end) and "
+        "reads and drops what the client still sends, until the client closes or for at most this many seconds; "
+        "then it closes. Closing at once with unread bytes makes the kernel send a reset, which can cost the client "
+        "the answer.",
+    )
+    linger_bytes: int = Field(
+        default=65_536,
+        ge=0,
+        le=16_777_216,
+        description="What such a closing connection reads and drops at most (it is closed past it, before "
+        "linger_s): a client that keeps sending after its answer holds the connection for at most this many bytes.",
     )
     connect_timeout_s: Seconds = Field(
         default=2.0, description="Opening a connection to TorchServe (loopback); past it -> 503 + Retry-After."

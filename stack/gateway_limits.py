@@ -55,8 +55,9 @@ ROWS = (
     Row(
         "open client connections",
         "{max_client_connections} per process ({env_max_client_connections})",
-        "the connection idle the longest is closed to make room (so idle connections never starve a real request); "
-        "when none is idle, the new connection gets 503 `unavailable` + Retry-After and is closed",
+        "a connection lingering after its answer, else the one idle the longest, is closed to make room (so idle "
+        "connections never starve a real request); when none can go, the new connection gets 503 `unavailable` + "
+        "Retry-After and is closed",
     ),
     Row(
         "one request body",
@@ -67,6 +68,13 @@ ROWS = (
         "body bytes held by all requests together",
         "{max_buffered_bytes} ({env_max_buffered_bytes})",
         "503 `unavailable` + Retry-After, the connection closed and its bytes let go",
+    ),
+    Row(
+        "what a client still sends after an answer that closes its connection (any above, the request not read to "
+        "its end)",
+        "{linger_s}, {linger_bytes} ({env_linger_s}, {env_linger_bytes})",
+        "read and dropped after the answer and its FIN (a lingering close, so no reset can cost the client the "
+        "answer) until the client closes; past either bound the connection is closed",
     ),
 )
 

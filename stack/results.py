@@ -223,8 +223,9 @@ def candidates_section(record: dict[str, Any]) -> str:
         loads = [m["load_average_before"] for m in measured]
         lines += [
             "",
-            f"Serving speeds measured on {dates}, the load average {min(loads)}-{max(loads)} before each (other work "
-            "shared the cores): compare the rows with each other; the defaults' idle figures are in benchmarks.md.",
+            f"Serving speeds measured on {dates}, one archive after another, the 1-minute load average "
+            f"{min(loads)}-{max(loads)} before each (it counts the previous measurement's own processes); the full "
+            "stack's figures for the defaults are in benchmarks.md.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -39,6 +39,7 @@ from tests.docs.stated import (
 from torchserve_protocol.layout import REPO
 from torchserve_protocol.limits import HANDLER_MAX_CHARS, HANDLER_MAX_TEXTS, TORCHSERVE_MAX_REQUEST_BYTES
 from training.arguments import parser as training_parser
+from training.augment import augmented
 from training.base_models import BASE_MODELS, DEFAULT_CACHE
 from training.tasks import (
     COLA_FILES,
@@ -456,6 +457,12 @@ TRAINING_CLAIMS = [
         len(SENTIMENT_SPLITS.validation),
         len(SENTIMENT_SPLITS.test),
         *(METRIC_NAMES[m] for m in TASKS["sentiment"].reported),
+    ),
+    stated(
+        TRAINING_DOC,
+        "`--augment {}` (`training/augment.py`: {:,} rows,",
+        DEFAULT_RECIPES["cola"].augment,
+        augmented("cola", DEFAULT_RECIPES["cola"].augment, COLA_SPLITS.train, held=COLA_SPLITS.validation.texts)[1],
     ),
     stated(
         TRAINING_DOC,

@@ -53,7 +53,8 @@ def test_a_recipe_may_stop_part_way_through_a_longer_schedule_and_flags_override
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("BASE_MODEL", raising=False)
-    assert (parse_args(["--task", "sentiment"]).epochs, parse_args(["--task", "sentiment"]).schedule_epochs) == (1, 2)
+    cfg = parse_args(["--task", "sentiment"])
+    assert (cfg.epochs, cfg.schedule_epochs) == (1, 2)
     assert parse_args(["--task", "sentiment", "--epochs", "3"]).schedule_epochs == 3  # a schedule of its own epochs
     cfg = parse_args(["--task", "sentiment", "--epochs", "2", "--schedule-epochs", "5"])
     assert (cfg.epochs, cfg.schedule_epochs) == (2, 5)

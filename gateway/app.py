@@ -22,10 +22,11 @@ from gateway.aiohttp_transport import AiohttpTransport
 from gateway.canary import SplitWatcher, VersionChooser
 from gateway.catalogue import Catalogue
 from gateway.errors import GatewayError, handle_error
+from gateway.fast_lane import FastLane
 from gateway.metrics import Metrics
 from gateway.middleware import DOCS_ASSETS, BodyLimit, GatewayMiddleware
 from gateway.replicas import Resolve, resolve_all
-from gateway.routes import add_routes
+from gateway.routes import add_routes, inference_routes
 from gateway.settings import Settings, load_settings
 from gateway.torchserve import TorchServeClient
 from gateway.wire import wire_for
@@ -85,9 +86,11 @@ def create_app(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     resolve: Resolve = resolve_all,
+    fast_lane: bool = True,
 ) -> FastAPI:
     """Build the gateway. ``transport`` replaces the network below the HTTP client (tests: ``httpx.MockTransport``);
-    ``resolve`` the DNS look-up of replica discovery (tests: a fixed list of addresses)."""
+    ``resolve`` the DNS look-up of replica discovery (tests: a fixed list of addresses); ``fast_lane=False`` leaves
+    every request to FastAPI (tests: the lane must answer as FastAPI does)."""
     settings = settings or load_settings()
 
     @asynccontextmanager
@@ -125,7 +128,10 @@ def create_app(
     app.state.catalogue = Catalogue(settings.model_store) if settings.model_store is not None else None
     for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_class, handle_error)
-    add_routes(app.router, settings)
+    inference = inference_routes(settings)
+    add_routes(app.router, settings, inference)
+    if fast_lane:  # inside the layer below: its metrics, request id, headers and body limit apply to it too
+        app.add_middleware(FastLane, routes=inference, state=app.state)
     bodies = BodyLimit(
         max_bytes=settings.max_body_bytes,
         timeout_s=settings.body_timeout_s,

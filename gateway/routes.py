@@ -7,7 +7,7 @@ No ``from __future__ import annotations`` here: FastAPI reads these signatures a
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from pydantic_core import to_json
+from starlette.datastructures import State
 
 from gateway.answers import Classification, Prediction, UnreadableAnswer
 from gateway.canary import CLIENT_KEY_HEADER, CLIENT_KEY_PATTERN, DEFAULT, VersionChooser
@@ -94,6 +95,20 @@ async def torchserve(request: Request) -> TorchServeClient:
 TorchServe = Annotated[TorchServeClient, Depends(torchserve)]
 
 
+@dataclass(frozen=True)
+class Inference:
+    """One inference route: where, which model, how its body reads and what its answer looks like."""
+
+    path: str
+    name: str  # the endpoint's name: FastAPI's operationId is made of it
+    tag: str
+    summary: str
+    model: str
+    request: type[TextsRequest]  # the body, with the configured limits
+    contract: Callable[[Classification], BaseModel]
+    response_model: type[BaseModel]
+
+
 def _answer(body: Any, version: str | None) -> Response:
     """The answer, serialized once by pydantic-core: FastAPI would validate the returned model against the
     ``response_model`` again and encode it with the standard json module (its values were checked when read)."""
@@ -102,21 +117,22 @@ def _answer(body: Any, version: str | None) -> Response:
 
 
 async def infer(
-    request: Request,
+    state: State,
     client: TorchServeClient,
-    model: str,
+    route: Inference,
     texts: str | list[str],
     *,
     pinned: str | None,
     client_key: str | None,
-    contract: Callable[[Classification], BaseModel],
 ) -> Response:
-    """One inference request: the version chosen (pinned, canary share or default), ``texts`` sent (one text, or a
-    list answered as ``{"results": [...]}``), each text's answer mapped by ``contract``, and counted per version once
-    the mapping succeeded (an answer outside the contract counts as that version's error). A canary version that
-    TorchServe no longer has sends its share to the default instead of failing it."""
-    chooser: VersionChooser = request.app.state.chooser
-    metrics: Metrics = request.app.state.metrics
+    """One inference request to ``route``'s model: the version chosen (pinned, canary share or default), ``texts``
+    sent (one text, or a list answered as ``{"results": [...]}``), each text's answer mapped by the route's contract,
+    and counted per version once the mapping succeeded (an answer outside the contract counts as that version's
+    error). A canary version that TorchServe no longer has sends its share to the default instead of failing it.
+    ``state`` is the app's (its ``chooser`` and ``metrics``)."""
+    chooser: VersionChooser = state.chooser
+    metrics: Metrics = state.metrics
+    model, contract = route.model, route.contract
     choice = chooser.choose(model, pinned=pinned, client_key=client_key)
     started = time.perf_counter()
     served: str | None = choice.version if choice.role == "canary" else None  # never the client's pinned string
@@ -140,20 +156,6 @@ async def infer(
     return _answer({"results": results} if isinstance(texts, list) else results[0], prediction.version)
 
 
-@dataclass(frozen=True)
-class Inference:
-    """One inference route: where, which model, how its body reads and what its answer looks like."""
-
-    path: str
-    name: str  # the endpoint's name: FastAPI's operationId is made of it
-    tag: str
-    summary: str
-    model: str
-    request: type[TextsRequest]  # the body, with the configured limits
-    contract: Callable[[Classification], BaseModel]
-    response_model: type[BaseModel]
-
-
 def add_inference_route(router: APIRouter, route: Inference) -> None:
     """``route``'s endpoint. Its body is typed with the request model built from the settings: FastAPI reads the
     annotation when the function is defined (a class chosen at runtime, which mypy cannot follow). Not a FastAPI
@@ -168,9 +170,7 @@ def add_inference_route(router: APIRouter, route: Inference) -> None:
         client_key: ClientKey = None,
     ) -> Response:
         texts = cast(TextsRequest, body).payload()
-        return await infer(
-            request, client, route.model, texts, pinned=version, client_key=client_key, contract=route.contract
-        )
+        return await infer(request.app.state, client, route, texts, pinned=version, client_key=client_key)
 
     router.add_api_route(
         route.path, endpoint, methods=["POST"], name=route.name, tags=[route.tag], summary=route.summary,
@@ -178,13 +178,12 @@ def add_inference_route(router: APIRouter, route: Inference) -> None:
     )  # fmt: skip
 
 
-def add_routes(router: APIRouter, settings: Settings) -> None:
-    """Every endpoint, added to ``router``: the app's own router, not one included into it, because FastAPI
-    matches an included router's routes through one more layer on every request (docs/performance.md, section 3b);
-    the OpenAPI document is the same either way."""
+def inference_routes(settings: Settings) -> tuple[Inference, ...]:
+    """The four inference routes, with the request models of the configured limits (built once per app: FastAPI's
+    endpoints and the fast lane, :mod:`gateway.fast_lane`, read the same ones)."""
     models = request_models(max_chars=settings.max_text_chars, max_items=settings.max_batch_items)
     cola, sentiment = settings.generate_model, settings.predict_model
-    for route in (
+    return (
         Inference("/generate", "generate", "cola", "P(acceptable) of one passage", cola, models.generate,
                   generate_result, GenerateResponse),
         Inference("/generate/batch", "generate_batch", "cola", "P(acceptable) of many passages", cola,
@@ -193,7 +192,14 @@ def add_routes(router: APIRouter, settings: Settings) -> None:
                   predict_result, PredictResponse),
         Inference("/predict/batch", "predict_batch", "sentiment", "Sentiment of many texts", sentiment,
                   models.predict_batch, predict_result, PredictBatchResponse),
-    ):  # fmt: skip
+    )  # fmt: skip
+
+
+def add_routes(router: APIRouter, settings: Settings, inference: Sequence[Inference]) -> None:
+    """Every endpoint, added to ``router``: the app's own router, not one included into it, because FastAPI
+    matches an included router's routes through one more layer on every request (docs/performance.md, section 3b);
+    the OpenAPI document is the same either way."""
+    for route in inference:
         add_inference_route(router, route)
 
     @router.get(

@@ -2,8 +2,10 @@
 ``--in-flight`` at a time, through each way the gateway has had of making it:
 
 * ``httpx``: an ``httpx.Request`` handed to the aiohttp transport, an ``httpx.Response`` back (gateway.wire.HttpxWire
-  over it: what the gateway did before it had its own wire);
-* ``exchange``: the aiohttp transport's ``exchange`` (what it does now).
+  over it: what the gateway did before it had its own wire, and how its calls with query parameters still go);
+* ``pool``: the gateway's own pool, :class:`gateway.upstream_pool.UpstreamPool` (what it does now).
+
+(Before the pool, the second way was the aiohttp transport's own ``exchange``: docs/performance.md, section 3b.)
 
     .venv/bin/python -m benchmarks.upstream_cpu [--chunks 8 --requests 2000]
 
@@ -29,6 +31,7 @@ import uvloop
 from benchmarks.gateway_cpu import started
 from benchmarks.servers import free_ports
 from gateway.aiohttp_transport import AiohttpTransport
+from gateway.upstream_pool import UpstreamPool
 from gateway.wire import HttpxWire, Wire
 from torchserve_protocol.layout import REPO
 
@@ -40,7 +43,7 @@ TIMEOUTS = httpx.Timeout(connect=2.0, read=35.0, write=5.0, pool=2.0).as_dict()
 async def measure(url: str, *, chunks: int, requests: int, in_flight: int) -> dict[str, list[float]]:
     """Microseconds of CPU per call for each way, one figure per chunk."""
     transport = AiohttpTransport(limits=httpx.Limits(max_connections=in_flight))
-    ways: dict[str, Wire] = {"httpx": HttpxWire(transport), "exchange": transport}
+    ways: dict[str, Wire] = {"httpx": HttpxWire(transport), "pool": UpstreamPool(max_connections=in_flight)}
     per_call: dict[str, list[float]] = {way: [] for way in ways}
 
     async def calls(wire: Wire, count: int) -> None:
@@ -61,6 +64,8 @@ async def measure(url: str, *, chunks: int, requests: int, in_flight: int) -> di
             for way, wire in ways.items():
                 per_call[way].append(await chunk(wire, requests))
     finally:
+        for wire in ways.values():
+            await wire.aclose()
         await transport.aclose()
     return per_call
 

@@ -8,21 +8,17 @@ The gateway keeps ``httpx``'s API, its timeouts and its exception classes (so
 bytes on the wire go through aiohttp. aiohttp's errors are mapped to the httpx exception a socket failure of the
 same kind raises, below.
 
-The gateway's own calls use :meth:`AiohttpTransport.exchange` (a :class:`gateway.wire.Wire`), which skips httpx's
-request and response objects (gateway/wire.py says why); ``handle_async_request`` serves ``httpx.AsyncClient``.
+It carries the gateway's calls that go through ``httpx.AsyncClient`` (those with query parameters: the key renewal);
+the inference and readiness calls use the gateway's own wire (:mod:`gateway.upstream_pool`).
 """
 
 from __future__ import annotations
 
-import codecs
-import email.message
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import httpx
-from multidict import CIMultiDictProxy
 
 # Request headers aiohttp computes itself from the URL and the body.
 _OWN_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
@@ -55,16 +51,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         answer, content = await self._send(request.method, str(request.url), headers, body or None, timeout, request)
         return _httpx_response(answer, content, request)
 
-    async def exchange(
-        self, method: str, url: str, headers: Mapping[str, str], content: bytes | None, timeouts: Mapping[str, Any]
-    ) -> Answer | httpx.Response:
-        """The same exchange as :meth:`handle_async_request` (the same bytes on the wire, the same exceptions),
-        answered as an :class:`Answer` instead of an ``httpx.Response``."""
-        answer, body = await self._send(method, url, headers, content or None, _timeout(timeouts), None)
-        if aiohttp.hdrs.CONTENT_ENCODING in answer.headers:  # never from TorchServe here; httpx decodes it as before
-            return _httpx_response(answer, body, httpx.Request(method, url))
-        return Answer(answer.status, answer.headers, body)
-
     async def _send(
         self,
         method: str,
@@ -72,10 +58,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         headers: Mapping[str, str] | list[tuple[str, str]],
         body: bytes | None,
         timeout: aiohttp.ClientTimeout,
-        request: httpx.Request | None,
+        request: httpx.Request,
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         """aiohttp's answer (its status and headers stay readable once released) and its body; an aiohttp error as
-        the httpx exception of its kind, for ``request`` (made from ``method`` and ``url`` when there is none)."""
+        the httpx exception of its kind, for ``request``."""
         session = self._session or self._open()
         try:
             async with session.request(
@@ -83,38 +69,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             ) as answer:
                 return answer, await answer.read()
         except aiohttp.ClientError as exc:
-            raise _as_httpx(exc, request or httpx.Request(method, url)) from exc
+            raise _as_httpx(exc, request) from exc
         except TimeoutError as exc:  # the whole-request deadline (total), should one be set
-            raise httpx.ReadTimeout(str(exc) or "timed out", request=request or httpx.Request(method, url)) from exc
+            raise httpx.ReadTimeout(str(exc) or "timed out", request=request) from exc
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """An answer read whole: the part of ``httpx.Response`` the gateway reads (:class:`gateway.wire.UpstreamAnswer`).
-    One difference, which TorchServe's answers never meet: a header sent twice reads as its first value here, where
-    httpx joins the values with ", "."""
-
-    status_code: int
-    headers: CIMultiDictProxy[str]
-    content: bytes
-
-    @property
-    def text(self) -> str:
-        """The body decoded as ``httpx.Response.text`` does: Content-Type's charset if known, else UTF-8; bytes that
-        do not decode are replaced."""
-        message = email.message.Message()
-        message["content-type"] = self.headers.get("Content-Type", "")
-        charset = message.get_content_charset(failobj=None)
-        try:
-            decoder = codecs.getincrementaldecoder(charset or "utf-8")(errors="replace")
-        except LookupError:
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        return decoder.decode(self.content, final=True)
 
 
 def _httpx_response(answer: aiohttp.ClientResponse, content: bytes, request: httpx.Request) -> httpx.Response:

@@ -1,8 +1,10 @@
 """The app factory. ``uvicorn --factory gateway.app:create_app`` calls :func:`create_app` with no argument, which reads
 the settings from the environment; tests pass settings and a fake upstream transport.
 
-The lifespan owns the one pooled :class:`httpx.AsyncClient` (explicit timeouts and limits) and hands the
-:class:`~gateway.torchserve.TorchServeClient` to requests through the lifespan state (``request.state.torchserve``).
+The lifespan owns the connections to TorchServe: the gateway's own pool for the inference and readiness calls
+(:class:`~gateway.upstream_pool.UpstreamPool`) and one :class:`httpx.AsyncClient` for the calls with query parameters
+(explicit timeouts and limits, each); it hands the :class:`~gateway.torchserve.TorchServeClient` to requests through
+the lifespan state (``request.state.torchserve``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from gateway.replicas import Resolve, resolve_all
 from gateway.routes import add_routes, inference_routes
 from gateway.settings import Settings, load_settings
 from gateway.torchserve import TorchServeClient
-from gateway.wire import wire_for
+from gateway.upstream_pool import UpstreamPool
+from gateway.wire import HttpxWire
 
 log = logging.getLogger("gateway")
 
@@ -39,7 +42,8 @@ def pool_limits(settings: Settings) -> httpx.Limits:
 
 
 def http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """The one pooled client to TorchServe: explicit timeouts, bounded pool, no proxies from the environment."""
+    """The httpx client to TorchServe (the calls with query parameters; its timeouts configure the wire's calls too):
+    explicit timeouts, bounded pool, no proxies from the environment."""
     limits = pool_limits(settings)
     timeout = httpx.Timeout(
         connect=settings.connect_timeout_s,
@@ -95,19 +99,21 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        network = transport or AiohttpTransport(limits=pool_limits(settings))
-        async with http_client(settings, network) as http:
-            client = TorchServeClient(
-                settings, http, resolve=resolve, metrics=app.state.metrics, wire=wire_for(network)
-            )
+        # the calls without query parameters (inference, readiness) go over the wire; the others over httpx's client
+        wire = HttpxWire(transport) if transport else UpstreamPool(max_connections=settings.max_connections)
+        async with http_client(settings, transport) as http:
+            client = TorchServeClient(settings, http, resolve=resolve, metrics=app.state.metrics, wire=wire)
             replicas = "discovered" if settings.discover_replicas else str(len(client.rotation.members))
             log.info(
                 "gateway up: TorchServe %s (management %s, %s replica(s)), models generate=%s predict=%s, key file %s",
                 settings.inference_base, settings.management_base, replicas, settings.generate_model,
                 settings.predict_model, settings.key_file,
             )  # fmt: skip
-            async with client.discovering():
-                yield {"torchserve": client}
+            try:
+                async with client.discovering():
+                    yield {"torchserve": client}
+            finally:
+                await wire.aclose()
 
     app = FastAPIOffline(  # /docs: Swagger UI from the fastapi-offline package, served here (no CDN)
         title="Text classification gateway",

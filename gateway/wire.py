@@ -7,21 +7,23 @@ maps them), its timeouts configure the calls, and calls with query parameters ke
 (URL parsing, header normalisation, the body-stream machinery; docs/performance.md, section 3b), so production does
 without them:
 
-* :class:`gateway.aiohttp_transport.AiohttpTransport` (production) exchanges over aiohttp directly and answers an
-  :class:`~gateway.aiohttp_transport.Answer`;
+* :class:`gateway.upstream_pool.UpstreamPool` (production) keeps its own keep-alive connections and answers an
+  :class:`Answer`;
 * :class:`HttpxWire` puts any httpx transport behind the same call (tests: ``httpx.MockTransport``) and answers its
   ``httpx.Response``.
 """
 
 from __future__ import annotations
 
+import codecs
+import email.message
 import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
-
-from gateway.aiohttp_transport import AiohttpTransport
+from multidict import CIMultiDictProxy
 
 Timeouts = Mapping[str, float | None]  # httpx's per-request timeouts: connect, read, write, pool
 
@@ -42,11 +44,39 @@ class UpstreamAnswer(Protocol):
     def text(self) -> str: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An answer read whole: the part of ``httpx.Response`` the gateway reads (:class:`gateway.wire.UpstreamAnswer`).
+    One difference, which TorchServe's answers never meet: a header sent twice reads as its first value here, where
+    httpx joins the values with ", "."""
+
+    status_code: int
+    headers: CIMultiDictProxy[str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        """The body decoded as ``httpx.Response.text`` does: Content-Type's charset if known, else UTF-8; bytes that
+        do not decode are replaced."""
+        message = email.message.Message()
+        message["content-type"] = self.headers.get("Content-Type", "")
+        charset = message.get_content_charset(failobj=None)
+        try:
+            decoder = codecs.getincrementaldecoder(charset or "utf-8")(errors="replace")
+        except LookupError:
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return decoder.decode(self.content, final=True)
+
+
 class Wire(Protocol):
     async def exchange(
         self, method: str, url: str, headers: Mapping[str, str], content: bytes | None, timeouts: Timeouts
     ) -> UpstreamAnswer:
         """Send one request and read its whole answer; a failure raises the httpx exception of its kind."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close what the wire holds (at the app's shutdown)."""
         ...
 
 
@@ -67,10 +97,8 @@ class HttpxWire:
         await response.aread()
         return response
 
-
-def wire_for(transport: httpx.AsyncBaseTransport) -> Wire:
-    """The wire over ``transport``: the aiohttp transport is one itself."""
-    return transport if isinstance(transport, AiohttpTransport) else HttpxWire(transport)
+    async def aclose(self) -> None:
+        """Nothing of its own: the transport is closed by the client that owns it."""
 
 
 @functools.lru_cache(maxsize=256)

@@ -49,5 +49,5 @@ def test_the_upstream_benchmark_measures_both_ways_of_calling() -> None:
     cmd = [sys.executable, "-m", "benchmarks.upstream_cpu", "--chunks", "1", "--requests", "64", "--in-flight", "4"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True, timeout=120).stdout
 
-    for way in ("httpx", "exchange"):
+    for way in ("httpx", "pool"):
         assert re.search(rf"^{way}: least \d+ us, median \d+ us per call", out, re.MULTILINE), out

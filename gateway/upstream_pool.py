@@ -18,8 +18,9 @@ maps, as the aiohttp transport raises them (``tests/gateway/test_upstream_wires.
 
 A connection is reused only after a complete answer that allows it (HTTP/1.1 keep-alive); one whose exchange failed
 or was cancelled is closed, never handed to the next request with a stale answer in it. A pooled connection the
-server closed is dropped when its close arrives. Answers with a ``Content-Encoding`` are decoded as httpx decodes
-them (TorchServe sends none).
+server closed is dropped when its close arrives; one idle for ``idle_s`` (15 s, aiohttp's default) is closed rather
+than reused, before a server or a middlebox between replicas drops it without a word. Answers with a
+``Content-Encoding`` are decoded as httpx decodes them (TorchServe sends none).
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ class UpstreamPool:
     """At most ``max_connections`` connections, open or being opened, to all replicas together; idle ones are kept
     per replica address and the most recently used is taken first (the others may then time out on the server)."""
 
-    def __init__(self, *, max_connections: int) -> None:
+    def __init__(self, *, max_connections: int, idle_s: float = 15.0) -> None:
         self.max_connections = max_connections
+        self.idle_s = idle_s
         self._open = 0
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -108,8 +110,9 @@ class UpstreamPool:
             idle = self._idle.get(key)
             while idle:
                 connection = idle.pop()
-                if connection.usable:
+                if connection.usable and loop.time() - connection.idle_since < self.idle_s:
                     return connection
+                connection.close()
             if self._open < self.max_connections or self._close_an_idle_one():
                 return await self._open_new(target, timeouts.get("connect"), method, url)
             if deadline is None:
@@ -159,6 +162,7 @@ class UpstreamPool:
     def _release(self, connection: _Connection, target: Target) -> None:
         """Back to the pool when reusable (a closed one was already counted out by :meth:`_closed`)."""
         if connection.usable:
+            connection.idle_since = asyncio.get_running_loop().time()
             self._idle.setdefault((target.scheme, target.host, target.port), []).append(connection)
             self._wake()
 
@@ -187,7 +191,10 @@ def _request_bytes(method: str, target: Target, headers: Mapping[str, str], body
     for name, value in headers.items():
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
             raise httpx.LocalProtocolError(f"invalid header {name!r}")
-        lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+        try:
+            lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+        except UnicodeEncodeError:
+            raise httpx.LocalProtocolError(f"header {name!r} is not latin-1 text") from None
     lines.append(b"Content-Length: %d\r\n\r\n" % len(body))
     lines.append(body)
     return b"".join(lines)
@@ -202,6 +209,7 @@ class _Connection(asyncio.Protocol):
         self.counted = False  # its place in the pool's count is freed by its close
         self.closed = False
         self.keep_alive = True  # False once it must not carry another request
+        self.idle_since = 0.0  # the event loop's time when it was last given back to the pool
         self._parser = httptools.HttpResponseParser(self)
         self._answer: asyncio.Future[Answer] | None = None
         self._timer: asyncio.TimerHandle | None = None

@@ -316,7 +316,22 @@ async def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
             await post(f"{url}/x", b"{}")
 
 
-async def test_a_header_that_would_split_the_request_is_refused() -> None:
+async def test_a_connection_idle_too_long_is_not_reused() -> None:
+    handler, opened = answering()
+    pool = UpstreamPool(max_connections=2, idle_s=0.2)
+    try:
+        async with raw_server(handler) as url:
+            for pause in (0.0, 0.05, 0.3):  # reused after 0.05 s, not after 0.3 s
+                await asyncio.sleep(pause)
+                answer = await pool.exchange("POST", f"{url}/x", {}, b"%g" % pause, httpx.Timeout(2.0).as_dict())
+                assert answer.content == b"%g" % pause
+    finally:
+        await pool.aclose()
+    assert len(opened) == 2
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "caf\u00e9 \u2603"])
+async def test_a_header_value_that_cannot_go_out_as_it_is_is_refused(value: str) -> None:
     async with client("pool") as post:
         with pytest.raises(httpx.LocalProtocolError):
-            await post(f"http://127.0.0.1:{free_port()}/x", b"{}", {"X-Request-ID": "a\r\nX-Injected: 1"})
+            await post(f"http://127.0.0.1:{free_port()}/x", b"{}", {"X-Request-ID": value})

@@ -318,15 +318,15 @@ async def test_an_answer_that_is_not_http_is_a_protocol_error() -> None:
 
 async def test_a_connection_idle_too_long_is_not_reused() -> None:
     handler, opened = answering()
-    pool = UpstreamPool(max_connections=2, idle_s=0.2)
-    try:
-        async with raw_server(handler) as url:
+    async with raw_server(handler) as url:
+        pool = UpstreamPool(max_connections=2, idle_s=0.2)
+        try:
             for pause in (0.0, 0.05, 0.3):  # reused after 0.05 s, not after 0.3 s
                 await asyncio.sleep(pause)
                 answer = await pool.exchange("POST", f"{url}/x", {}, b"%g" % pause, httpx.Timeout(2.0).as_dict())
                 assert answer.content == b"%g" % pause
-    finally:
-        await pool.aclose()
+        finally:
+            await pool.aclose()  # before the server stops: it waits for its connections to end
     assert len(opened) == 2
 
 

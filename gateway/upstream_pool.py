@@ -123,13 +123,15 @@ class UpstreamPool:
             try:
                 async with asyncio.timeout_at(None if deadline == float("inf") else deadline):
                     await waiter
-            except TimeoutError:
-                raise httpx.PoolTimeout("no free connection to TorchServe in time",
-                                        request=httpx.Request(method, url)) from None  # fmt: skip
-            finally:
-                if not waiter.done():
-                    waiter.cancel()
+            except BaseException as exc:  # the deadline, or the request cancelled
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken in the same turn: the place it was given goes to the next waiter
+                elif waiter in self._waiters:
                     self._waiters.remove(waiter)
+                if isinstance(exc, TimeoutError):
+                    raise httpx.PoolTimeout("no free connection to TorchServe in time",
+                                            request=httpx.Request(method, url)) from None  # fmt: skip
+                raise
 
     async def _open_new(self, target: Target, connect_s: float | None, method: str, url: str) -> _Connection:
         self._open += 1

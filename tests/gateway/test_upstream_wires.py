@@ -335,3 +335,18 @@ async def test_a_header_value_that_cannot_go_out_as_it_is_is_refused(value: str)
     async with client("pool") as post:
         with pytest.raises(httpx.LocalProtocolError):
             await post(f"http://127.0.0.1:{free_port()}/x", b"{}", {"X-Request-ID": value})
+
+
+async def test_a_request_cancelled_while_waiting_for_a_connection_leaves_its_place_to_the_next() -> None:
+    handler, opened = answering(0.3)
+    async with raw_server(handler) as url, poster("pool", httpx.Timeout(2.0), httpx.Limits(max_connections=1)) as post:
+        busy = asyncio.ensure_future(post(f"{url}/x", b"busy"))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(post(f"{url}/x", b"gone"))  # waits for the one connection, then is cancelled
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+        answers = await asyncio.gather(busy, post(f"{url}/x", b"next"))
+    assert [a.content for a in answers] == [b"busy", b"next"]
+    assert len(opened) == 1

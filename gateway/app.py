@@ -100,7 +100,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         # the calls without query parameters (inference, readiness) go over the wire; the others over httpx's client
-        wire = HttpxWire(transport) if transport else UpstreamPool(max_connections=settings.max_connections)
+        wire = HttpxWire(transport) if transport is not None else UpstreamPool(max_connections=settings.max_connections)
         async with http_client(settings, transport) as http:
             client = TorchServeClient(settings, http, resolve=resolve, metrics=app.state.metrics, wire=wire)
             replicas = "discovered" if settings.discover_replicas else str(len(client.rotation.members))

@@ -51,6 +51,11 @@ class Target:
     host_header: bytes
     path: bytes  # path and query, as sent
 
+    @property
+    def address(self) -> tuple[str, str, int]:
+        """What the pool keeps connections by: one replica's address (any of its paths)."""
+        return self.scheme, self.host, self.port
+
 
 @functools.lru_cache(maxsize=256)
 def target_of(url: str) -> Target:
@@ -103,11 +108,10 @@ class UpstreamPool:
     async def _connection(self, target: Target, method: str, url: str, timeouts: Mapping[str, Any]) -> _Connection:
         """An idle connection to ``target``, else a new one when the limit allows (closing another address's idle
         one if need be), else the first of these once a connection is given back, within ``pool`` seconds."""
-        key = (target.scheme, target.host, target.port)
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:
-            idle = self._idle.get(key)
+            idle = self._idle.get(target.address)
             while idle:
                 connection = idle.pop()
                 if connection.usable and loop.time() - connection.idle_since < self.idle_s:
@@ -165,7 +169,7 @@ class UpstreamPool:
         """Back to the pool when reusable (a closed one was already counted out by :meth:`_closed`)."""
         if connection.usable:
             connection.idle_since = asyncio.get_running_loop().time()
-            self._idle.setdefault((target.scheme, target.host, target.port), []).append(connection)
+            self._idle.setdefault(target.address, []).append(connection)
             self._wake()
 
     def _close_an_idle_one(self) -> bool:

@@ -36,6 +36,7 @@ Engine = Literal["torch", "onnxruntime"]
 Scheme = Literal["per_channel", "per_tensor"]
 Activations = Literal["static", "dynamic"]
 ENGINES: tuple[str, ...] = get_args(Engine)
+WEIGHTS_FILE = "model.safetensors"  # the fp32 weights: the torch engine and CUDA load them, onnxruntime does not
 
 
 class Settings(BaseModel):
@@ -186,11 +187,16 @@ def pick_device(gpu_id: int | None) -> torch.device:
 def load(model_dir: str | Path, *, settings: Settings, device: torch.device | None = None) -> Loaded:
     """Load tokenizer and model from a ``save_pretrained`` directory, ready for :func:`predict`.
 
-    CUDA always runs the ``transformers`` weights in fp16. On the CPU, engine ``torch`` quantizes the weights here
-    (int8 dynamic, unless ``quantize`` is off) and engine ``onnxruntime`` runs the directory's ``model.onnx``, whose
-    quantization was fixed when the archive was built.
+    CUDA runs the ``transformers`` weights in fp16. On the CPU, engine ``torch`` quantizes the weights here (int8
+    dynamic, unless ``quantize`` is off) and engine ``onnxruntime`` runs the directory's ``model.onnx``, whose
+    quantization was fixed when the archive was built. An ``onnxruntime`` archive carries no fp32 weights unless it
+    was packaged with ``--fp32-weights``: without them a CUDA worker serves ``model.onnx`` on the CPU (one warning).
     """
     device = device or torch.device("cpu")
+    if device.type == "cuda" and settings.engine == "onnxruntime" and not (Path(model_dir) / WEIGHTS_FILE).is_file():
+        log.warning("no %s in this archive (packaged for the CPU): serving %s on the CPU; package it with "
+                    "--fp32-weights to serve it on CUDA", WEIGHTS_FILE, ONNX_FILE)  # fmt: skip
+        device = torch.device("cpu")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     torch.set_num_threads(settings.num_threads)
     if device.type == "cpu" and settings.engine == "onnxruntime":

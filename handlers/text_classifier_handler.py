@@ -73,8 +73,8 @@ class TextClassifierHandler:
         self.initialized = True
         log.info(
             "loaded %s version %s on %s (engine=%s, quantize=%s/%s, threads=%d) in %.1fs",
-            self.headers["X-Model-Name"], self.headers["X-Model-Version"], device, self.settings.engine,
-            self.settings.quantize and device.type == "cpu", self.settings.quantization,
+            self.headers["X-Model-Name"], self.headers["X-Model-Version"], self.loaded.device, self.settings.engine,
+            self.settings.quantize and self.loaded.device.type == "cpu", self.settings.quantization,
             self.settings.num_threads, time.perf_counter() - started,
         )  # fmt: skip
 

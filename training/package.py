@@ -2,12 +2,12 @@
 
     python -m training.package --model-dir DIR --name cola [--version 2.0] [--model-store model_store]
 
-The archive is ``<store>/<name>-<version>.mar`` and holds the weights (fp32: the CUDA path and the ``torch`` engine,
-which quantizes at load time), ``model.onnx`` for the ``onnxruntime`` engine (built here, int8 unless the handler
-settings say ``quantize: false``; see training/onnx_build.py), ``config.json`` (with ``id2label``), the tokenizer
-files, ``MODEL_CARD.md`` / ``metrics.json`` when the model directory has them, the ``handlers`` package and a
-``model-config.yaml`` with the serving defaults below. It is built under a temporary name and renamed into place, so
-the store never holds a half-written archive.
+The archive is ``<store>/<name>-<version>.mar`` and holds ``model.onnx`` for the ``onnxruntime`` engine (built here,
+int8 unless the handler settings say ``quantize: false``; see training/onnx_build.py), the fp32 weights only where a
+path loads them (the ``torch`` engine, which quantizes at load time, or ``--fp32-weights`` for CUDA),
+``config.json`` (with ``id2label``), the tokenizer files, ``MODEL_CARD.md`` / ``metrics.json`` when the model
+directory has them, the ``handlers`` package and a ``model-config.yaml`` with the serving defaults below. It is
+built under a temporary name and renamed into place, so the store never holds a half-written archive.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 import torchserve_protocol
-from handlers.text_classification import Settings, settings_from
+from handlers.text_classification import WEIGHTS_FILE, Settings, settings_from
 from torchserve_protocol.archives import MODEL_NAME_RE, VERSION_RE, archive_name, version_key, versions_in
 from torchserve_protocol.layout import REPO, default_model_store
 from training import onnx_build
@@ -35,7 +35,7 @@ from training import onnx_build
 HANDLER_FILE = REPO / "handlers" / "text_classifier_handler.py"
 # Packages the handler imports, carried in the archive (TorchServe puts the archive's root on the worker's path).
 HANDLER_PACKAGES = (REPO / "handlers", Path(torchserve_protocol.__file__).parent)
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+MODEL_FILES = ("config.json", WEIGHTS_FILE, "tokenizer.json", "tokenizer_config.json")
 OPTIONAL_FILES = ("special_tokens_map.json", "vocab.txt", "MODEL_CARD.md", "metrics.json")
 
 
@@ -106,15 +106,23 @@ def handler_settings(serving: ServingConfig) -> Settings:
         raise PackagingError(f"bad handler settings: {exc}") from None
 
 
-def _stage(model_dir: Path, staging: Path, serving: ServingConfig) -> Path:
+def carries_weights(settings: Settings, *, fp32_weights: bool) -> bool:
+    """Whether the archive carries the fp32 weights: the torch engine loads them; the onnxruntime engine serves
+    ``model.onnx`` alone, so they go in only when asked for (``--fp32-weights``: the CUDA path, which runs them in
+    fp16). Leaving them out roughly halves an MPNet archive (docs/deployment.md, "Sizing")."""
+    return settings.engine == "torch" or fp32_weights
+
+
+def _stage(model_dir: Path, staging: Path, serving: ServingConfig, *, fp32_weights: bool) -> Path:
     extra = staging / "extra"
     extra.mkdir()
+    settings = handler_settings(serving)
+    skipped = set() if carries_weights(settings, fp32_weights=fp32_weights) else {WEIGHTS_FILE}
     for name in (*MODEL_FILES, *OPTIONAL_FILES):
-        if (model_dir / name).is_file():
+        if (model_dir / name).is_file() and name not in skipped:
             shutil.copy2(model_dir / name, extra / name)
     for package_dir in HANDLER_PACKAGES:
         shutil.copytree(package_dir, extra / package_dir.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    settings = handler_settings(serving)
     if settings.engine == "onnxruntime":
         try:
             onnx_build.build(model_dir, extra, settings)
@@ -132,8 +140,10 @@ def package(
     store: Path,
     version: str | None = None,
     serving: ServingConfig | None = None,
+    fp32_weights: bool = False,
 ) -> Path:
-    """Build ``<store>/<name>-<version>.mar``; return its path. Refuses to overwrite an existing version."""
+    """Build ``<store>/<name>-<version>.mar``; return its path. Refuses to overwrite an existing version.
+    ``fp32_weights``: carry the fp32 weights even for the onnxruntime engine (for CUDA workers)."""
     if not MODEL_NAME_RE.match(name):
         raise PackagingError(f"model name {name!r} must match {MODEL_NAME_RE.pattern}")
     store.mkdir(parents=True, exist_ok=True)
@@ -147,7 +157,7 @@ def package(
     serving = serving or ServingConfig()
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=store) as tmp:
         staging = Path(tmp)
-        config_file = _stage(model_dir, staging, serving)
+        config_file = _stage(model_dir, staging, serving, fp32_weights=fp32_weights)
         out = staging / "out"
         out.mkdir()
         cmd = [
@@ -203,6 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-batch-delay-ms", type=int, default=defaults.max_batch_delay_ms)
     parser.add_argument("--workers", type=int, default=defaults.min_workers, help="workers per model version")
     parser.add_argument("--response-timeout-s", type=int, default=defaults.response_timeout_s)
+    parser.add_argument(
+        "--fp32-weights",
+        action="store_true",
+        help="also carry the fp32 weights (CUDA workers run them in fp16; CPU workers serve model.onnx alone)",
+    )
     args = parser.parse_args(argv)
     serving = ServingConfig(
         min_workers=args.workers,
@@ -213,7 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler=checked_handler_section(args.model_dir) or default_handler_section(args.model_dir),
     )
     try:
-        path = package(args.model_dir, name=args.name, store=args.model_store, version=args.version, serving=serving)
+        path = package(
+            args.model_dir, name=args.name, store=args.model_store, version=args.version, serving=serving,
+            fp32_weights=args.fp32_weights,
+        )  # fmt: skip
     except PackagingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

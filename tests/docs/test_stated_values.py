@@ -94,7 +94,7 @@ README = [
     stated("README.md", "Texts longer than `max_length` tokens ({})", HANDLER["max_length"]),
     stated("README.md", "on {} training texts", sources.constant("training/train.py", "CALIBRATION_ROWS")),
     stated("README.md", "alone, in a {}-text request", HANDLER_MAX_TEXTS),
-    stated("README.md", "the worker uses `num_threads` threads ({}: single-threaded", HANDLER["num_threads"]),
+    stated("README.md", "The worker uses `num_threads` threads ({}: single-threaded", HANDLER["num_threads"]),
     stated("README.md", "| {} | inference | 127.0.0.1 |", port(TS["inference_address"])),
     stated("README.md", "| {} | management | 127.0.0.1 |", port(TS["management_address"])),
     stated("README.md", "| {} | metrics (Prometheus text) | 127.0.0.1 |", port(TS["metrics_address"])),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from handlers.onnx_engine import ONNX_FILE, OnnxClassifier
-from handlers.text_classification import Loaded, Settings, length_groups, load, predict, settings_from
+from handlers.text_classification import WEIGHTS_FILE, Loaded, Settings, length_groups, load, predict, settings_from
 from training import onnx_build
 from training.package import PackagingError, ServingConfig, package
 
@@ -85,10 +85,33 @@ def test_archives_carry_the_graph_only_for_the_onnxruntime_engine(tiny_models, t
     torch_archive = package(tiny_models["cola"], name="cola", store=tmp_path, version="2.0", serving=torch_engine)
     assert ONNX_FILE in zipfile.ZipFile(onnx_archive).namelist()
     assert ONNX_FILE not in zipfile.ZipFile(torch_archive).namelist()
+    # the fp32 weights travel only where a path loads them: the torch engine, or CUDA when asked for
+    with_weights = package(tiny_models["cola"], name="cola", store=tmp_path, version="4.0", fp32_weights=True)
+    assert WEIGHTS_FILE not in zipfile.ZipFile(onnx_archive).namelist()
+    assert WEIGHTS_FILE in zipfile.ZipFile(torch_archive).namelist()
+    assert WEIGHTS_FILE in zipfile.ZipFile(with_weights).namelist()
+    assert with_weights.stat().st_size > onnx_archive.stat().st_size
     with pytest.raises(PackagingError, match="bad handler settings"):
         package(
             tiny_models["cola"], name="cola", store=tmp_path, version="3.0", serving=ServingConfig(handler={"x": 1})
         )
+
+
+def test_a_cuda_worker_without_fp32_weights_serves_the_graph_on_the_cpu(
+    tiny_models, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An archive packaged for the CPU (no weights) still serves on a GPU machine: its graph, on the CPU, with one
+    warning that says how to package it for CUDA. Nothing touches CUDA on the way, so this runs on any machine."""
+    archive = package(tiny_models["cola"], name="cola", store=tmp_path, version="1.0")
+    unpacked = tmp_path / "unpacked"
+    zipfile.ZipFile(archive).extractall(unpacked)
+    settings = Settings(engine="onnxruntime", warmup=False)
+    loaded = load(unpacked, settings=settings, device=torch.device("cuda", 0))
+    assert loaded.device == torch.device("cpu")
+    assert isinstance(loaded.model, OnnxClassifier)
+    assert "--fp32-weights" in caplog.text
+    expected = predict(load(unpacked, settings=settings), TEXTS, max_length=32)
+    assert torch.equal(predict(loaded, TEXTS, max_length=32), expected)
 
 
 VERBS = ("works", "crashes")  # one token each in the tiny vocabulary: every text has the same length

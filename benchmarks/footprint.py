@@ -26,6 +26,7 @@ from benchmarks.servers import free_ports, torchserve_roles
 from stack.management import Management
 from stack.torchserve import Ports, TorchServe
 from torchserve_protocol.archives import archives_in
+from torchserve_protocol.layout import temp_in
 
 MiB = 1 << 20
 
@@ -64,7 +65,7 @@ def measure(store: Path, *, timeout: float = 300.0) -> Footprint:
         try:
             ts.wait_up(timeout=timeout)
             management = Management(ts.management_url, ts.key_file)
-            extracted = Path(tmp) / "tmp"
+            extracted = temp_in(Path(tmp))
             measured = []
             for archive in archives_in(store):
                 before = tree_bytes(extracted)

@@ -1,7 +1,7 @@
 """Publish model versions on a running TorchServe through its management API (with the management key).
 
     python -m stack.publish list
-    python -m stack.publish register model_store/cola-2.0.mar [--workers 1]   # waits until READY
+    python -m stack.publish register model_store/cola-2.0.mar [--workers 1]   # checks it fits, waits until READY
     python -m stack.publish set-default cola 2.0                              # recorded in defaults.json
     python -m stack.publish rollback cola                                     # back to the previous default
     python -m stack.publish unregister cola 2.0 [--delete-archive]            # refuses the current default
@@ -31,13 +31,17 @@ import argparse
 import os
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from stack import budget
 from stack.management import Management, ManagementError
 from torchserve_protocol.archives import Archive, archive_name, parse_archive, version_key
-from torchserve_protocol.layout import default_key_file, default_model_store
+from torchserve_protocol.layout import default_key_file, default_model_store, run_dir_of_key_file, temp_in
 from torchserve_protocol.store import (
     DEFAULTS_FILE,
     SPLIT_FILE,
@@ -256,17 +260,58 @@ def archive_in_store(path_or_name: str, store: Path) -> Archive:
     return archive
 
 
+def archive_workers(path: Path) -> int:
+    """The workers TorchServe starts for an archive: its ``model-config.yaml``'s ``minWorkers`` (1 without one)."""
+    with zipfile.ZipFile(path) as mar:
+        try:
+            config = yaml.safe_load(mar.read("model-config.yaml")) or {}
+        except KeyError:
+            return 1
+    return int(config.get("minWorkers", 1))
+
+
+def registration_cost(mgmt: Management, archive: Archive, workers: int | None) -> budget.Cost | None:
+    """What registering ``archive`` will cost, from the workers running now (``None``: none this process can see)."""
+    pids: dict[str, list[int]] = {}
+    for name in mgmt.models():
+        for description in mgmt.versions(name):
+            pids.setdefault(name, []).extend(int(w["pid"]) for w in description.get("workers", []) if w.get("pid"))
+    same = budget.resident_bytes(pids.get(archive.name, []))
+    sizes = same or budget.resident_bytes([pid for group in pids.values() for pid in group])
+    if not sizes:
+        return None
+    with zipfile.ZipFile(archive.path) as mar:
+        unpacked = sum(info.file_size for info in mar.infolist())
+    return budget.Cost(workers=workers or archive_workers(archive.path), per_worker=max(sizes), unpacked=unpacked)
+
+
+def check_budget(mgmt: Management, archive: Archive, args: argparse.Namespace) -> None:
+    """Refuse, before TorchServe starts anything, a version that would not fit this replica (docs/deployment.md,
+    Sizing); ``--force`` skips the check."""
+    if args.force:
+        return
+    cost = registration_cost(mgmt, archive, args.workers)
+    if cost is None:
+        print(f"note: no running worker visible from here: {archive.path.name}'s memory was not estimated",
+              file=sys.stderr)  # fmt: skip
+        return
+    refusal = budget.verdict(cost, budget.current_budget(temp_in(run_dir_of_key_file(args.key_file))))
+    if refusal is not None:
+        raise PublishError(f"{archive.name} {archive.version}: {refusal} (--force skips this check)")
+
+
 def cmd_register(mgmt: Management, args: argparse.Namespace) -> None:
     archive = archive_in_store(args.archive, args.model_store)
     name, version = archive.name, archive.version
+    if name in mgmt.models() and version in registered_versions(mgmt, name):
+        raise PublishError(f"{name} {version} is already registered (unregister it, or package a new version)")
+    check_budget(mgmt, archive, args)
     try:
         mgmt.register(archive.path.name, workers=args.workers, timeout=args.timeout)
-    except ManagementError as exc:
-        if exc.status == 409:
-            hint = "unregister it, or package a new version"
-            raise PublishError(f"{name} {version} is already registered ({hint})") from None
-        raise
-    wait_version_ready(mgmt, name, version, timeout=args.timeout)
+        wait_version_ready(mgmt, name, version, timeout=args.timeout)
+    except ManagementError as exc:  # TorchServe unregisters a version whose workers failed to start
+        raise PublishError(f"{name} {version} did not start ({exc}); TorchServe dropped it, and the versions that "
+                           "were serving kept their workers") from None  # fmt: skip
     default = mgmt.default_version(name)
     print(f"registered {name} {version}: READY (default stays {default}; switch with `set-default {name} {version}`)")
 
@@ -376,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     register = sub.add_parser("register", help="register an archive of the store and wait until it is READY")
     register.add_argument("archive", help="<name>-<version>.mar (a file name in the store, or its path)")
     register.add_argument("--workers", type=int, default=None, help="initial workers (default: the archive's)")
+    register.add_argument(
+        "--force", action="store_true", help="skip the check that the new workers fit this replica's memory"
+    )
     for command, text in (("set-default", "make a registered version the default"), ("unregister", "remove a "
                           "version that is not the default")):  # fmt: skip
         p = sub.add_parser(command, help=text)

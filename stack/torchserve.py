@@ -23,7 +23,7 @@ import httpx
 import psutil
 
 from torchserve_protocol.keys import KEY_KINDS, KeyFileError, bearer, read_key
-from torchserve_protocol.layout import REPO, key_file_in, torchserve_home
+from torchserve_protocol.layout import REPO, key_file_in, temp_in, torchserve_home
 
 CONFIG = REPO / "config.properties"
 LOG_CONFIG = REPO / "stack" / "log4j2.xml"
@@ -104,8 +104,8 @@ class TorchServe:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            TMPDIR=str(self.run_dir / "tmp"),  # the pid file
-            TEMP=str(self.run_dir / "tmp"),  # java.io.tmpdir: the workers' Unix sockets and extracted archives
+            TMPDIR=str(temp_in(self.run_dir)),  # the pid file
+            TEMP=str(temp_in(self.run_dir)),  # java.io.tmpdir: the workers' Unix sockets and extracted archives
             LOG_LOCATION=str(self.log_dir),
             METRICS_LOCATION=str(self.log_dir),
             HF_HUB_OFFLINE="1",
@@ -125,7 +125,7 @@ class TorchServe:
         """Launch TorchServe in its own process group; returns at once (see :meth:`wait_up`)."""
         if self.running_pid() is not None:
             raise StackError(f"TorchServe already running from {self.run_dir} (pid file {self.pid_file})")
-        for directory in (self.home, self.run_dir / "tmp", self.log_dir, self.model_store):
+        for directory in (self.home, temp_in(self.run_dir), self.log_dir, self.model_store):
             directory.mkdir(parents=True, exist_ok=True)
         self.key_file.unlink(missing_ok=True)
         cmd = [

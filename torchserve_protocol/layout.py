@@ -47,6 +47,17 @@ def key_file_in(run_dir: Path) -> Path:
     return torchserve_home(run_dir) / KEY_FILE_NAME
 
 
+def temp_in(run_dir: Path) -> Path:
+    """TorchServe's ``TEMP`` (Java's ``java.io.tmpdir`` and ``$TMPDIR``) in a run directory: the pid file, the
+    workers' sockets and every registered archive, unpacked."""
+    return run_dir / "tmp"
+
+
+def run_dir_of_key_file(key_file: Path) -> Path:
+    """The run directory whose TorchServe writes ``key_file`` (the inverse of :func:`key_file_in`)."""
+    return key_file.parent.parent
+
+
 def default_key_file() -> Path:
     """``$KEY_FILE``, else the key file of the TorchServe started with ``$RUN_DIR`` (default ``run/``)."""
     if os.environ.get("KEY_FILE"):

@@ -7,6 +7,7 @@ import json
 import shutil
 import threading
 import time
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from stack.torchserve import TorchServe
 from tests.conftest import free_port, management_client
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.tiny_models import COLA_LABELS, make_tiny_classifier
+from torchserve_protocol.layout import temp_in
 from training.package import ServingConfig, package
 
 pytestmark = pytest.mark.integration
@@ -136,6 +138,40 @@ def test_a_store_that_refuses_the_write_leaves_torchserve_unchanged(
         blocker.rmdir()
     assert stack.publish("unregister", "cola", "2.0", "--delete-archive", "--drain-s", "0") == 0
     assert not list(stack.store.glob(".defaults-*"))
+
+
+def corrupted(archive: Path, target: Path) -> Path:
+    """``archive`` with its ONNX graph replaced by junk: it registers, and every worker fails to load it."""
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, b"not an onnx graph" if info.filename == "model.onnx" else src.read(info))
+    return target
+
+
+def workers_of(stack: Stack, name: str, version: str) -> list[tuple[str, int, str]]:
+    (described,) = [v for v in management_client(stack.ts).versions(name) if v["modelVersion"] == version]
+    return sorted((w["id"], w["pid"], w["status"]) for w in described["workers"])
+
+
+def test_a_register_that_fails_leaves_the_serving_workers_as_they_were(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version whose workers cannot load is dropped (no worker left restarting in a loop, no unpacked copy left in
+    TorchServe's TEMP), and the default's workers are the same processes, READY, answering."""
+    unpacked = temp_in(stack.run_dir) / "models"
+    copies = sorted(unpacked.iterdir())
+    before = workers_of(stack, "cola", "1.0")
+    corrupted(stack.incoming / "cola-2.0.mar", stack.store / "cola-2.0.mar")
+    assert stack.publish("register", "cola-2.0.mar", "--workers", "1") == 1
+    error = last_line(capsys)
+    assert error.startswith("publish: error: cola 2.0 did not start (")
+    assert "TorchServe dropped it" in error
+    assert sorted(unpacked.iterdir()) == copies
+    assert [v["modelVersion"] for v in management_client(stack.ts).versions("cola")] == ["1.0"]
+    assert workers_of(stack, "cola", "1.0") == before
+    headers = {"Authorization": f"Bearer {stack.ts.keys()['inference']}"}
+    answer = httpx.post(f"{stack.ts.inference_url}/predictions/cola", json={"text": "a dog"}, headers=headers)
+    assert answer.status_code == 200
 
 
 @dataclass

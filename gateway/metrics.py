@@ -8,6 +8,7 @@ paths as ``<unmatched>``, so a client cannot grow the label set. Each uvicorn wo
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 
@@ -16,6 +17,7 @@ from prometheus_client.core import Metric
 from starlette.types import Scope
 
 from gateway.model_metrics import Histogram, ModelMetrics, counter, histogram
+from gateway.worker_metrics import Reading, families
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 UNMATCHED = "<unmatched>"
@@ -36,6 +38,7 @@ class Metrics:
         self._histograms: dict[Labels, Histogram] = defaultdict(lambda: Histogram(BUCKETS))
         self.retries: Counter[str] = Counter()
         self.models = ModelMetrics()
+        self.workers: list[Reading] = []  # each replica's workers.json, read when /metrics is asked
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -61,6 +64,7 @@ class Metrics:
         yield counter("gateway_upstream_retries", "Inference requests sent to TorchServe a second time, by reason.",
                       ("reason",), retries)  # fmt: skip
         yield from self.models.collect()
+        yield from families(self.workers, now=time.time())
 
     def render(self) -> bytes:
         """The Prometheus text format 0.0.4 (:data:`CONTENT_TYPE`)."""

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 from starlette.datastructures import State
 
+from gateway import worker_metrics
 from gateway.answers import Classification, Prediction, UnreadableAnswer
 from gateway.canary import CLIENT_KEY_HEADER, CLIENT_KEY_PATTERN, DEFAULT, VersionChooser
 from gateway.catalogue import Catalogue
@@ -251,6 +252,8 @@ def add_routes(router: APIRouter, settings: Settings, inference: Sequence[Infere
         response_class=PrometheusText,
         responses={200: {"description": "Prometheus text format 0.0.4."}},
     )
-    async def metrics(request: Request) -> PrometheusText:
+    async def metrics(request: Request, client: TorchServe) -> PrometheusText:
         registry: Metrics = request.app.state.metrics
+        key_files = sorted((r.upstream.key_file for r in client.rotation.members), key=str)
+        registry.workers = worker_metrics.read_all(key_files)
         return PrometheusText(registry.render())

@@ -27,8 +27,10 @@ from stack.gateway import Gateway
 from stack.inference_key import InferenceKeyPublisher
 from stack.management import Management, ManagementError, register_store
 from stack.torchserve import Ports, StackError, TorchServe
+from stack.worker_watch import WorkerWatch
 from torchserve_protocol.archives import archives_in
 from torchserve_protocol.layout import IP_PLACEHOLDER, REPO, default_model_store, default_run_dir_template, run_dir_of
+from torchserve_protocol.workers import workers_file_beside
 
 DEFAULT_TASKS = ("cola", "sentiment")
 
@@ -144,8 +146,8 @@ def gateway_for(ts: TorchServe, args: argparse.Namespace) -> Gateway:
     return Gateway(torchserve=ts, host=args.gateway_host, port=args.gateway_port)
 
 
-def wait_for_signal(*processes: subprocess.Popen[bytes] | None, tick: Callable[[], None] | None = None) -> None:
-    """Block until SIGINT/SIGTERM or until one of the processes exits on its own; call ``tick`` meanwhile."""
+def wait_for_signal(*processes: subprocess.Popen[bytes] | None, ticks: Sequence[Callable[[], None]] = ()) -> None:
+    """Block until SIGINT/SIGTERM or until one of the processes exits on its own; call each of ``ticks`` meanwhile."""
     stop = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -159,7 +161,7 @@ def wait_for_signal(*processes: subprocess.Popen[bytes] | None, tick: Callable[[
             if proc is not None and proc.poll() is not None:
                 print(f"[stack] process {proc.pid} exited with {proc.returncode}; stopping", flush=True)
                 return
-        if tick is not None:
+        for tick in ticks:
             tick()
         time.sleep(0.5)
 
@@ -205,19 +207,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         try:
             bring_up_torchserve(ts, timeout=args.timeout)
+            # workers.json beside each key file: TorchServe's (publish list, the local gateway) and, in compose, the
+            # inference key's copy that the gateway reads
+            copies = [args.inference_key_file] if args.inference_key_file is not None else []
+            watch = WorkerWatch(
+                Management(ts.management_url, ts.key_file), *(workers_file_beside(k) for k in [ts.key_file, *copies])
+            )
             if args.command == "torchserve":
                 publisher = None
                 if args.inference_key_file is not None:
                     publisher = InferenceKeyPublisher(ts.key_file, args.inference_key_file, ts.management_url)
                     publisher.tick()
-                wait_for_signal(ts.process, tick=publisher.tick if publisher else None)
+                ticks = [watch.tick] if publisher is None else [publisher.tick, watch.tick]
+                wait_for_signal(ts.process, ticks=ticks)
                 return 0
             gateway.start()
             gateway.wait_ready(timeout=args.timeout)
             print(f"[stack] gateway ready on {gateway.url}", flush=True)
             if args.command == "start":
                 return 0
-            wait_for_signal(ts.process, gateway.process)
+            wait_for_signal(ts.process, gateway.process, ticks=[watch.tick])
             return 0
         except BaseException:
             gateway.stop()

@@ -53,6 +53,7 @@ from torchserve_protocol.store import (
 )
 from torchserve_protocol.store import read_defaults as read_defaults_file
 from torchserve_protocol.store import write_defaults as write_defaults_file
+from torchserve_protocol.workers import read_workers, workers_file_beside
 
 HISTORY_LENGTH = 10
 Defaults = dict[str, ModelDefault]
@@ -160,9 +161,16 @@ def wait_drained(mgmt: Management, name: str, version: str, *, quiet_s: float, t
 # --- commands -------------------------------------------------------------------------------------------------------
 
 
+def watched_restarts(key_file: Path) -> dict[tuple[str, str], int]:
+    """Worker restarts per version from the launcher's ``workers.json`` beside the key file (none: not watched)."""
+    reading = read_workers(workers_file_beside(key_file))
+    return {(v.model, v.version): v.restarts for v in reading[1]} if reading else {}
+
+
 def cmd_list(mgmt: Management, args: argparse.Namespace) -> None:
     names = mgmt.models()
     split = store_split(args.model_store)
+    restarts = watched_restarts(args.key_file)
     if not names:
         print("no models registered")
     for name in sorted(names):
@@ -174,6 +182,8 @@ def cmd_list(mgmt: Management, args: argparse.Namespace) -> None:
             mark = ("  default" + (f" {100 - share:g}%" if canary else "")) if version == default else ""
             if canary and version == canary.version:
                 mark = f"  canary {share:g}%"
+            if (name, version) in restarts:  # a crash loop shows as restarts that keep growing
+                mark += f"  restarts={restarts[name, version]}"
             print(f"{name:<16} {version:<8} workers={workers}{mark}")
 
 

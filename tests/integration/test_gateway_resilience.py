@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from stack.torchserve import TorchServe
-from tests.conftest import free_ports
+from tests.conftest import free_ports, management_client
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 
 pytestmark = pytest.mark.integration
@@ -128,3 +128,25 @@ def test_torchserve_down_is_503_then_recovers(tmp_path: Path, tiny_store: Path) 
     assert [r.status_code for r in after] == [200, 200, 200]
     assert after_predict.status_code == 200
     assert ready.status_code == 200
+
+
+@pytest.mark.parametrize("probe", ["management", "inference"])
+def test_ready_names_the_model_whose_default_has_no_worker_that_answers(
+    probe: str, tmp_path: Path, tiny_store: Path
+) -> None:
+    """The default version of cola loses every worker (scaled to 0 on a real TorchServe): /ready answers 503 and
+    names cola, by either probe; with its workers back it is ready again."""
+    with (
+        private_torchserve(tiny_store, tmp_path / "run") as ts,
+        running_gateway(settings_for(ts, ready_probe=probe, read_timeout_s=5.0)) as base_url,
+    ):
+        management = management_client(ts)
+        assert httpx.get(f"{base_url}/ready", timeout=30).status_code == 200
+        management.scale("cola", "1.0", 0)
+        down = httpx.get(f"{base_url}/ready", timeout=30)
+        assert down.status_code == 503
+        assert down.json()["models"]["sentiment"] == "READY"
+        assert down.json()["models"]["cola"] != "READY"
+        assert down.json()["error"].startswith("cola: ")
+        management.scale("cola", "1.0", 1)
+        assert httpx.get(f"{base_url}/ready", timeout=30).status_code == 200

@@ -351,6 +351,24 @@ def cmd_rollback(mgmt: Management, args: argparse.Namespace) -> None:
     print(f"{args.name}: default {current} -> {target} (rolled back)")
 
 
+def unregister_once(mgmt: Management, name: str, version: str, *, settle_s: float = 10.0) -> None:
+    """``DELETE`` the version. Under load TorchServe 0.12 sometimes answers 500 "Interrupted while cleaning
+    resources" (seen in the real-size tier) while the version goes all the same: what counts is whether it is gone,
+    so a 500 is followed by a look, and one more ``DELETE`` only if it is still there after ``settle_s``."""
+    try:
+        mgmt.unregister(name, version)
+        return
+    except ManagementError as exc:
+        if exc.status != 500:
+            raise
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        if version not in registered_versions(mgmt, name):
+            return
+        time.sleep(0.25)
+    mgmt.unregister(name, version)
+
+
 def cmd_unregister(mgmt: Management, args: argparse.Namespace) -> None:
     require_version(mgmt, args.name, args.version)
     if mgmt.default_version(args.name) == args.version:
@@ -371,7 +389,7 @@ def cmd_unregister(mgmt: Management, args: argparse.Namespace) -> None:
                            "not changed")  # fmt: skip
     try:
         wait_drained(mgmt, args.name, args.version, quiet_s=args.drain_s, timeout=args.timeout)
-        mgmt.unregister(args.name, args.version)
+        unregister_once(mgmt, args.name, args.version)
     except BaseException:
         if changed:
             write_defaults(args.model_store, before)

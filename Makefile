@@ -26,7 +26,7 @@ BASE_MODEL ?=
 #: where `make venv` looks for the torch CPU wheel first (the default index after a 5 s timeout)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: help venv peer mpnet java browser serve start stop status train test test-slow test-compose bench bench-batching examples soak lint format clean
+.PHONY: help venv peer mpnet java browser serve start stop status train test test-slow test-compose test-real-size bench bench-batching examples soak lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -150,6 +150,12 @@ test-compose: venv  ## the compose tier: build, up, the README's curls, publish,
 	@if [ -x $(ENGINE_UP) ]; then $(ENGINE_UP) && $(PY) -m pip download --quiet --no-deps -d .wheels -r requirements/torch.txt; fi
 	@# one scenario in the README's order (publish, then scale, then kill a replica): not shuffled by pytest-randomly
 	$(PY) -m pytest -m compose tests/compose -s --timeout=2400 -p no:randomly
+
+#: set (RECORD=1) to let `make test-real-size` write its measurements to docs/results/sizing.json (docs/deployment.md's sizing table)
+RECORD ?=
+test-real-size: mpnet java  ## the real-size tier: compose and the local stack with archives of the defaults' size, limits checked (real engine)
+	@if [ -x $(ENGINE_UP) ]; then $(ENGINE_UP) && $(PY) -m pip download --quiet --no-deps -d .wheels -r requirements/torch.txt; fi
+	$(if $(RECORD),REAL_SIZE_RECORD=$(abspath docs/results/sizing.json)) $(PY) -m pytest -m real_size tests/real_size -s --timeout=2400 -p no:randomly
 
 clean:  ## remove the venvs, run state and logs (keeps model_store/)
 	rm -rf $(VENV) $(PEER_VENV) run logs .pytest_cache .mypy_cache .ruff_cache

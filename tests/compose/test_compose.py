@@ -17,27 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.compose.commands import COMMANDS, DOWN, GENERATE, PREDICT, REGISTER, SCALE, SET_DEFAULT, UP
 from tests.compose.conftest import APP_UID, PROJECT, REPO, Compose, ready_replicas, wait_for
 
 pytestmark = pytest.mark.compose
 
-# The documented commands, verbatim (README.md's "docker compose" and docs/deployment.md's publishing section).
-UP = "docker compose up -d --wait"
-GENERATE = (
-    """curl -s -X POST 127.0.0.1:8000/generate -H 'Content-Type: application/json' -d '{"passage": "I are a boy"}'"""
-)
-PREDICT = (
-    """curl -s -X POST 127.0.0.1:8000/predict -H 'Content-Type: application/json' """
-    """-d '{"text": "Great app, but it crashes"}'"""
-)
-EACH_REPLICA = (
-    'for i in $(seq "$(docker compose ps -q torchserve | wc -l)"); do docker compose exec --index "$i" torchserve '
-)
-REGISTER = EACH_REPLICA + "python -m stack.publish register cola-2.0.mar; done"
-SET_DEFAULT = EACH_REPLICA + "python -m stack.publish set-default cola 2.0; done"
-SCALE = "docker compose up -d --wait --scale torchserve=2"
-DOWN = "docker compose down"  # the volumes go in the fixture's teardown (down -v)
-COMMANDS = (UP, GENERATE, PREDICT, REGISTER, SET_DEFAULT, SCALE, DOWN)
 TIMINGS: dict[str, float] = {}
 
 

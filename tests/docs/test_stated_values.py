@@ -257,7 +257,7 @@ DEPLOYMENT = [
     ),
     stated(
         "docs/deployment.md",
-        "(`mem_limit` {} TorchServe, {} gateway, {} training)",
+        "(`mem_limit` {} TorchServe, {} gateway, {} training;",
         COMPOSE["torchserve"]["mem_limit"],
         COMPOSE["gateway"]["mem_limit"],
         COMPOSE["train"]["mem_limit"],

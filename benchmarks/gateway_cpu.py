@@ -50,7 +50,7 @@ def main() -> int:
     parser.add_argument("--key-file", type=Path, default=key_file_in(REPO / "run"))
     parser.add_argument("--stand-in", action="store_true", help="benchmarks.stand_in instead of TorchServe")
     parser.add_argument("--tree", type=Path, action="append", help="a checkout whose gateway is measured (repeat)")
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", REPO.parent / "shared/data")))
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", REPO / "data")))
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)

@@ -188,8 +188,11 @@ def summary(cells: Sequence[Cell], ceilings: dict[str, float], rss: dict[str, fl
     """The README's short form of a run (its ``bench:summary`` section): ``/generate`` for each configuration at 1 and
     32 clients, the targets, the memory; the whole report is docs/benchmarks.md."""
     configs = [c for c in CONFIG_NAMES if find(cells, c, "generate", 32) or find(cells, c, "generate", 1)]
+    endpoints = sorted({c.endpoint for c in cells})
+    clients = sorted({c.concurrency for c in cells})
+    measured = f"{' and '.join('/' + e for e in endpoints)} at {' and '.join(map(str, clients))} clients"
     lines = [
-        f"`/generate` on this CPU, {when} (medians; every endpoint and client count: "
+        f"`/generate` on this CPU, {when} (medians; the whole run, {measured}: "
         "[docs/benchmarks.md](docs/benchmarks.md)):",
         "",
         "| | " + " | ".join(CONFIG_NAMES[c] for c in configs) + " |",

@@ -48,7 +48,9 @@ def http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None =
     timeout = httpx.Timeout(
         connect=settings.connect_timeout_s,
         read=settings.read_timeout_s,
-        write=settings.write_timeout_s,
+        # no setting of its own: the gateway's pool writes each request in one call into the socket's buffer, and
+        # the read timeout bounds the whole exchange (GATEWAY_WRITE_TIMEOUT_S was documented but read by no call)
+        write=settings.read_timeout_s,
         pool=settings.pool_timeout_s,
     )
     return httpx.AsyncClient(

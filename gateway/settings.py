@@ -158,7 +158,6 @@ class Settings(BaseSettings):
         "a stuck worker is reported by TorchServe itself first; below the 60 s that proxies and most clients wait, "
         "so the client gets the 504 rather than a dropped connection.",
     )
-    write_timeout_s: Seconds = Field(default=5.0, description="Sending one request body to TorchServe.")
     attempt_timeout_s: Seconds = Field(
         default=10.0,
         description="Inference is idempotent: an attempt still unanswered after this many seconds is sent once more "

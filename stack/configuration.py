@@ -27,6 +27,7 @@ from stack.publish import build_parser as publish_parser
 from stack.torchserve import Ports
 from torchserve_protocol.layout import REPO
 from training.arguments import parser as training_parser
+from training.tasks import TASKS
 
 DOC = REPO / "docs" / "configuration.md"
 MAKEFILE = REPO / "Makefile"
@@ -43,10 +44,17 @@ TRAINING_VARIABLES = [
     "| variable | default | meaning |",
     "|---|---|---|",
     "| `BASE_MODEL` | unset | the base model every task trains on (`mpnet`, `minilm`, a hub id or a folder); unset: "
-    "each task's default (cola: `mpnet`, sentiment: `minilm`). `make serve BASE_MODEL=minilm` is the fast path |",
+    "each task's default ({defaults}). `make serve BASE_MODEL=minilm` is the fast path |",
     "| `BASE_MODEL_CACHE` | `~/.cache/bert-serving` | where the MPNet parts are joined and verified on first use |",
     "",
 ]
+
+
+def training_variables() -> list[str]:
+    """The section on the launcher's training, with each task's default base read from the task table."""
+    defaults = ", ".join(f"{name}: `{task.base_model}`" for name, task in TASKS.items())
+    return [line.replace("{defaults}", defaults) for line in TRAINING_VARIABLES]
+
 
 HEADER = """# Configuration reference
 
@@ -169,7 +177,7 @@ def render() -> str:
                 + stack_main.__doc__.split("\n\n")[1].strip()
                 + "\n```",
             ),
-            *TRAINING_VARIABLES,
+            *training_variables(),
             *parser_section(
                 "Training: `python -m training.train`",
                 training_parser(),

@@ -280,9 +280,18 @@ def reference_archives(record: dict[str, Any], store: Path) -> dict[str, Path]:
         if ARCHIVE_HASH in run:
             if sha256(archive) == run[ARCHIVE_HASH]:
                 found[label] = archive
-        elif archive_metrics(archive).get("created") == run.get("created"):
+        elif report_created(archive) == run.get("created"):
             found[label] = archive
     return found
+
+
+def report_created(archive: Path) -> str | None:
+    """When the archive's training report was written; ``None`` for an archive with no report (built by hand)."""
+    try:
+        created = archive_metrics(archive).get("created")
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        return None
+    return str(created) if created is not None else None
 
 
 def doc_drift(record: dict[str, Any]) -> list[str]:

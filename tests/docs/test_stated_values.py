@@ -67,53 +67,60 @@ README = [
     stated("README.md", "[TorchServe](https://pytorch.org/serve/) {}", sources.pinned("runtime.txt", "torchserve")),
     stated(
         "README.md",
-        "a probability moved by more than {}",
+        "every probability to {} for the project's own reference archives",
         sources.constant("stack/readme_examples.py", "TOLERANCE"),
     ),
     stated(
         "README.md",
-        "Needs Python {} and Java {}",
+        "Needs Linux, Python {} and Java {}",
         sources.found("pyproject.toml", r">=(\d+\.\d+)"),
         int(sources.found("Makefile", r"v\[1\] < (\d+)")),
     ),
-    stated("README.md", "client ─► gateway (FastAPI, :{})", gateway_parser().get_default("port")),
+    stated("docs/architecture.md", "client ─► gateway (FastAPI, :{})", gateway_parser().get_default("port")),
     stated(
-        "README.md",
+        "docs/architecture.md",
         "TorchServe (:{} inference, :{} management, :{} metrics; loopback only)",
         port(TS["inference_address"]),
         port(TS["management_address"]),
         port(TS["metrics_address"]),
     ),
     stated(
-        "README.md",
+        "docs/architecture.md",
         "batches up to {} requests / {} ms per model",
         sources.constant(SERVING, "ServingConfig.batch_size"),
         sources.constant(SERVING, "ServingConfig.max_batch_delay_ms"),
     ),
-    stated("README.md", "(up to `max_texts`, {})", HANDLER_MAX_TEXTS),
-    stated("README.md", "Texts longer than `max_length` tokens ({})", HANDLER["max_length"]),
-    stated("README.md", "on {} training texts", sources.constant("training/train.py", "CALIBRATION_ROWS")),
-    stated("README.md", "alone, in a {}-text request", HANDLER_MAX_TEXTS),
-    stated("README.md", "The worker uses `num_threads` threads ({}: single-threaded", HANDLER["num_threads"]),
-    stated("README.md", "| {} | inference | 127.0.0.1 |", port(TS["inference_address"])),
-    stated("README.md", "| {} | management | 127.0.0.1 |", port(TS["management_address"])),
-    stated("README.md", "| {} | metrics (Prometheus text) | 127.0.0.1 |", port(TS["metrics_address"])),
-    stated("README.md", "| {} / {} | gRPC", TS["grpc_inference_port"], TS["grpc_management_port"]),
-    stated("README.md", "| {} | the gateway", gateway_parser().get_default("port")),
-    stated("README.md", "keys expire after {} minutes", TS["token_expiration_min"]),
+    stated("docs/handler.md", "(up to `max_texts`, {})", HANDLER_MAX_TEXTS),
+    stated("docs/handler.md", "Texts longer than `max_length` tokens ({})", HANDLER["max_length"]),
+    stated("docs/handler.md", "on {} training texts", sources.constant("training/train.py", "CALIBRATION_ROWS")),
+    stated("docs/handler.md", "alone, in a {}-text request", HANDLER_MAX_TEXTS),
     stated(
-        "README.md", "(tmpfs `/run/ts`, mode {})", sources.found("docker-compose.yml", r"- /run/ts:\S*mode=0?(\d+)")
+        "docs/handler.md",
+        "the probabilities agree to within {} (tested",
+        sources.constant("tests/integration/test_batch_invariance.py", "TOLERANCE"),
     ),
-    stated("README.md", "Bodies over {:g} MiB are refused by TorchServe", TORCHSERVE_MAX_REQUEST_BYTES / MIB),
+    stated("docs/handler.md", "The worker uses `num_threads` threads ({}: single-threaded", HANDLER["num_threads"]),
+    stated("docs/security.md", "| {} | inference | 127.0.0.1 |", port(TS["inference_address"])),
+    stated("docs/security.md", "| {} | management | 127.0.0.1 |", port(TS["management_address"])),
+    stated("docs/security.md", "| {} | metrics (Prometheus text) | 127.0.0.1 |", port(TS["metrics_address"])),
+    stated("docs/security.md", "| {} / {} | gRPC", TS["grpc_inference_port"], TS["grpc_management_port"]),
+    stated("docs/security.md", "| {} | the gateway", gateway_parser().get_default("port")),
+    stated("docs/security.md", "keys expire after {} minutes", TS["token_expiration_min"]),
     stated(
-        "README.md",
+        "docs/security.md",
+        "(tmpfs `/run/ts`, mode {})",
+        sources.found("docker-compose.yml", r"- /run/ts:\S*mode=0?(\d+)"),
+    ),
+    stated("docs/security.md", "Bodies over {:g} MiB are refused by TorchServe", TORCHSERVE_MAX_REQUEST_BYTES / MIB),
+    stated(
+        "docs/training.md",
         "(AdamW, weight decay {}, seed {}, batch {},",
         TRAINING.get_default("weight_decay"),
         TRAINING.get_default("seed"),
         TRAINING.get_default("batch_size"),
     ),
     stated(
-        "README.md",
+        "docs/training.md",
         "**cola on {}** ({} epochs, lr {}, with {} errors made from its acceptable training sentences), **sentiment\n"
         "on {}** ({} epoch of a {}-epoch schedule, lr {})",
         BASE_NAMES[TASKS["cola"].base_model],
@@ -126,29 +133,18 @@ README = [
         sci(DEFAULT_RECIPES["sentiment"].lr),
     ),
     stated(
-        "README.md",
+        "docs/training.md",
         "{} PyPI packages joined",
         WORDS[sum(1 for line in (REPO / "requirements" / "mpnet.txt").read_text().splitlines() if "==" in line)],
     ),
-    stated("README.md", "an {:,}-row re-scrape", sources.rows(REVIEWS)),
-    stated("README.md", "an ETA every {} steps", TRAINING.get_default("log_every")),
-    stated("README.md", "`--max-int8-drop` ({})", TRAINING.get_default("max_int8_drop")),
-    stated("README.md", "(checked every {} s: `GATEWAY_SPLIT_CHECK_S`", seconds("split_check_s")),
+    stated("docs/training.md", "an {:,}-row re-scrape", sources.rows(REVIEWS)),
+    stated("docs/training.md", "an ETA every {} steps", TRAINING.get_default("log_every")),
+    stated("docs/training.md", "`--max-int8-drop` ({})", TRAINING.get_default("max_int8_drop")),
+    stated("docs/deployment.md", "at most once per `GATEWAY_SPLIT_CHECK_S` ({} s)", seconds("split_check_s")),
+    stated("docs/deployment.md", "writable by uid {}", COMPOSE["torchserve"]["user"].split(":")[0]),
+    stated("docs/testing.md", "({:,} fuzzed requests", sources.constant(FUZZ, "SLOW_EXAMPLES")),
     stated(
-        "README.md",
-        "Only the gateway's port is published (`127.0.0.1`, `GATEWAY_PORT`, default {})",
-        sources.found("docker-compose.yml", r"GATEWAY_PORT:-(\d+)"),
-    ),
-    stated("README.md", "writable by uid {}", COMPOSE["torchserve"]["user"].split(":")[0]),
-    stated("README.md", "({:,} fuzzed requests", sources.constant(FUZZ, "SLOW_EXAMPLES")),
-    stated(
-        "README.md",
-        "{} single-threaded workers per model and a {} ms batch delay",
-        WORDS[sources.constant(SERVING, "ServingConfig.min_workers")],
-        sources.constant(SERVING, "ServingConfig.max_batch_delay_ms"),
-    ),
-    stated(
-        "README.md",
+        "docs/testing.md",
         "({}- and {}-second runs:",
         *(WORDS[n] for n in sorted({int(d) for d in re.findall(r'"--duration", "(\d+)"', SMOKE.read_text())})),
     ),
@@ -213,10 +209,9 @@ GATEWAY = [
     ),
     stated(
         "docs/gateway.md",
-        "Connect timeout {} s (loopback) plus pool {} s for a free connection, write {} s.",
+        "Connect timeout {} s (loopback) plus pool {} s for a free connection;",
         seconds("connect_timeout_s"),
         seconds("pool_timeout_s"),
-        seconds("write_timeout_s"),
     ),
     stated("docs/gateway.md", "**Retry-After {} s**", default("retry_after_s")),
     stated("docs/gateway.md", "a {} s hint brings", default("retry_after_s")),
@@ -645,18 +640,42 @@ def test_the_doc_states_the_code_s_value(claim: Stated) -> None:
     assert claim.expected in text, f"{claim.doc} no longer says: {claim.expected}"
 
 
+def test_deployment_md_states_the_retry_rule_the_gateway_follows() -> None:
+    """docs/deployment.md once said a failed inference is "not retried elsewhere"; the gateway retries a lost one once
+    on the next replica (tests/gateway/test_retries.py), for the reasons it counts in /metrics."""
+    doc = " ".join((REPO / "docs" / "deployment.md").read_text().split())
+    assert "is sent once more, to the next replica" in doc
+    assert "not retried elsewhere" not in doc
+    from gateway.metrics import RETRY_REASONS
+
+    assert RETRY_REASONS == ("worker_died", "connection_broken", "no_answer")  # the three causes the doc names
+
+
+def test_the_bundled_netty_is_the_one_deployment_md_names() -> None:
+    """docs/deployment.md's TorchServe section names the Netty its frontend bundles, read from the jar itself."""
+    import zipfile
+
+    import ts
+
+    jar = Path(ts.__file__).parent / "frontend" / "model-server.jar"
+    versions = zipfile.ZipFile(jar).read("META-INF/io.netty.versions.properties").decode()
+    netty = re.search(r"^netty-codec-http\.version=(\S+)$", versions, re.M)
+    assert netty is not None
+    assert f"bundles Netty {netty[1]}" in " ".join((REPO / "docs" / "deployment.md").read_text().split())
+
+
 def test_the_archives_serve_single_threaded_workers() -> None:
     """The README's "single-threaded" (it states no number for it)."""
     assert HANDLER["num_threads"] == 1
 
 
 def test_the_handler_section_lists_real_settings() -> None:
-    """The keys the README lists for model-config.yaml's handler: section are the handler's settings."""
+    """The keys docs/architecture.md lists for model-config.yaml's handler: section are the handler's settings."""
     from handlers.text_classification import Settings as HandlerSettings
 
-    readme = " ".join((REPO / "README.md").read_text().split())
+    readme = " ".join((REPO / "docs" / "architecture.md").read_text().split())
     listed = re.search(r"\(`handler:` section: (.*?)\)", readme)
-    assert listed, "README.md no longer lists the handler: section's keys"
+    assert listed, "docs/architecture.md no longer lists the handler: section's keys"
     assert set(re.findall(r"`(\w+)`", listed[1])) <= set(HandlerSettings.model_fields)
 
 

@@ -11,12 +11,12 @@ import httpx
 import pytest
 
 from benchmarks.served_quality import served_quality
-from stack import readme_examples
+from stack import readme_examples, results
 from stack.torchserve import TorchServe
 from tests.gateway.conftest import sample
 from tests.gateway.server import running_gateway, settings_for
 from torchserve_protocol.layout import REPO
-from training.tasks import default_data_dir
+from training.tasks import TASKS, default_data_dir, sha256
 
 pytestmark = pytest.mark.integration
 
@@ -152,24 +152,39 @@ def test_metrics_show_the_traffic(gateway: httpx.Client) -> None:
     assert (sample(text, "gateway_request_duration_seconds_bucket", **ok, le="+Inf") or 0) >= 1
 
 
-def test_readme_examples_are_written_from_the_stack_and_drift_is_caught(gateway: httpx.Client, tmp_path: Path) -> None:
+def test_readme_examples_are_written_from_the_stack_and_drift_is_caught(
+    gateway: httpx.Client, tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The checker behind `make examples`, run against the real stack (tiny models): answers written from the
-    gateway pass the check; a README whose shown answer is off by more than the tolerance fails it."""
+    gateway pass the check. With a user's own models (not the recorded reference archives) a probability that moved
+    passes and a label that changed fails; with the reference archives in the store (found by their sha256 in the
+    record), a probability off by more than the tolerance fails too."""
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{readme_examples.BEGIN}\nstale\n{readme_examples.END}\n\nmore text\n")
     url = str(gateway.base_url).rstrip("/")
-    assert readme_examples.main(["--url", url, "--readme", str(readme), "--write"]) == 0
+    check = ["--url", url, "--readme", str(readme), "--model-store", str(tiny_store)]
+    assert readme_examples.main([*check, "--write"]) == 0
     text = readme.read_text()
     assert text.startswith("# x\n")
     assert text.endswith("more text\n")
     shown = readme_examples.shown(text)
     assert [set(a) for a in shown] == [{"prob"}] * 2 + [{"sentiment", "confidence", "probabilities"}] * 2
-    assert readme_examples.main(["--url", url, "--readme", str(readme)]) == 0
+    assert readme_examples.main(check) == 0
 
     prob = shown[0]["prob"]
     moved = round(prob + 0.05 if prob < 0.5 else prob - 0.05, 3)
     readme.write_text(text.replace(json.dumps({"prob": prob}), json.dumps({"prob": moved}), 1))
-    assert readme_examples.main(["--url", url, "--readme", str(readme)]) == 1
+    assert readme_examples.main(check) == 0  # your own models: the same label is what counts
+    flipped = round(1 - prob, 3) if abs(prob - 0.5) > 0.01 else round(prob + 0.4, 3)
+    readme.write_text(text.replace(json.dumps({"prob": prob}), json.dumps({"prob": flipped}), 1))
+    assert readme_examples.main(check) == 1  # another label: fails for any models
+
+    record = tmp_path / "training.json"
+    runs = {f"{name}-1.0": {"role": "default", "sha256": sha256(tiny_store / f"{name}-1.0.mar")} for name in TASKS}
+    record.write_text(json.dumps({"runs": runs}))
+    monkeypatch.setattr(results, "RECORD", record)
+    readme.write_text(text.replace(json.dumps({"prob": prob}), json.dumps({"prob": moved}), 1))
+    assert readme_examples.main(check) == 1  # the reference archives: every probability to the tolerance
 
 
 def test_the_readme_has_an_examples_block_of_every_example() -> None:

@@ -207,3 +207,11 @@ def test_every_vendored_schema_is_recorded_with_its_digest() -> None:
     for path in vendored:
         row = f"| `{path.relative_to(SCHEMAS)}` | `{hashlib.sha256(path.read_bytes()).hexdigest()}` |"
         assert row in source, row
+
+
+def test_the_deployment_doc_names_the_schema_versions() -> None:
+    section = (REPO / "docs" / "deployment.md").read_text().partition("## Checked against schemas and a scanner")[2]
+    kubernetes, kserve = KUBERNETES.name.removeprefix("kubernetes-"), KSERVE.name.removeprefix("kserve-")
+    assert f"Kubernetes {kubernetes}" in section
+    assert f"KServe {kserve}" in section
+    assert "tests/deploy/schemas/SOURCE.md" in section

@@ -117,3 +117,27 @@ def test_gateway_reaches_torchserve_through_the_service(
     keys = json.loads(secret["stringData"][Path(env["GATEWAY_KEY_FILE"]).name])
     assert set(keys) == {"management", "inference", "API"}
     assert kserve_config["disable_token_authorization"] == "true"  # so the placeholder keys are ignored
+
+
+def test_gateway_pods_reach_only_torchserve_and_dns(
+    manifests: dict[tuple[str, str], Any], kserve_config: dict[str, str]
+) -> None:
+    deployment = manifests[("Deployment", "gateway")]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    policy = manifests[("NetworkPolicy", "gateway")]["spec"]
+    assert policy["podSelector"]["matchLabels"] == deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["ingress"] == [{"ports": [{"port": p["containerPort"]} for p in container["ports"]]}]
+    torchserve, dns = policy["egress"]
+    selector = manifests[("Service", "bert-classifier-torchserve")]["spec"]["selector"]
+    assert torchserve["to"] == [{"podSelector": {"matchLabels": selector}}]
+    assert torchserve["ports"] == [{"port": urlsplit(kserve_config["inference_address"]).port}]
+    assert "to" not in dns
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+
+
+def test_no_pod_mounts_a_service_account_token(manifests: dict[tuple[str, str], Any]) -> None:
+    pods = [
+        manifests[("Deployment", "gateway")]["spec"]["template"]["spec"],
+        manifests[("InferenceService", "bert-classifier")]["spec"]["predictor"],  # a pod spec, and more
+    ]
+    assert [pod["automountServiceAccountToken"] for pod in pods] == [False, False]

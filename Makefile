@@ -94,10 +94,11 @@ status: venv  ## what runs; each model's versions, default and workers
 train: $(BASE_DEPS)  ## fine-tune TASK=cola|sentiment (BASE_MODEL=mpnet|minilm|path) and package a new versioned .mar into model_store/
 	$(PY) -m training.train --task $(TASK) --model-store $(MODEL_STORE)
 
-lint: venv  ## ruff (lint + format check) and mypy
+lint: venv  ## ruff (lint + format check), mypy and the layering contracts (lint-imports: docs/architecture.md)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: venv  ## rewrite the code with ruff format and ruff's fixes
 	$(VENV)/bin/ruff format .
@@ -158,4 +159,4 @@ test-real-size: mpnet java  ## the real-size tier: compose and the local stack w
 	$(if $(RECORD),REAL_SIZE_RECORD=$(abspath docs/results/sizing.json)) $(PY) -m pytest -m real_size tests/real_size -s --timeout=2400 -p no:randomly
 
 clean:  ## remove the venvs, run state and logs (keeps model_store/)
-	rm -rf $(VENV) $(PEER_VENV) run logs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEER_VENV) run logs .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -25,9 +25,9 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout, Unavailable, error_response
+from gateway.errors import GatewayError, InvalidRequestId, PayloadTooLarge, RequestTimeout, Unavailable, error_response
 from gateway.metrics import Metrics
-from gateway.request_id import REQUEST_ID_HEADER_BYTES, current_request_id, refuse_request_id, request_id_of
+from gateway.request_id import REQUEST_ID_HEADER_BYTES, REQUEST_ID_RULE, current_request_id, request_id_of
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -74,7 +74,8 @@ class GatewayMiddleware:
                         status = message["status"]
                     await send(message)
 
-                await refuse_request_id(scope, receive, send_counted)
+                refused = InvalidRequestId(REQUEST_ID_RULE)
+                await error_response(refused.status, refused.message, refused.type)(scope, receive, send_counted)
                 return
             id_header = (REQUEST_ID_HEADER_BYTES, request_id.encode())
             if scope["path"] == DOCS_PAGE:

@@ -1,7 +1,9 @@
 """``X-Request-ID``: taken from the client when it is 1-128 characters of ``A-Z a-z 0-9 . _ : -`` (anything else
 answers 400 ``invalid_request_id``), else created (32 hex digits). It is returned on every answer, sent to TorchServe
 with the inference request, and written in the gateway's log line of a failed request (never the text), so one
-request can be followed across the two processes. Applied by :class:`gateway.middleware.GatewayMiddleware`."""
+request can be followed across the two processes. Applied by :class:`gateway.middleware.GatewayMiddleware`, which
+answers a refused id through the error boundary (:class:`gateway.errors.InvalidRequestId`): this module only states
+the rule, so the errors (which log the current id) can import it."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ import re
 import uuid
 from contextvars import ContextVar
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.lower().encode()
 REQUEST_ID_PATTERN = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID_RULE = f"{REQUEST_ID_HEADER} must be one value of 1-128 characters A-Z a-z 0-9 . _ : -"
 current_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
@@ -26,12 +29,3 @@ def request_id_of(scope: Scope) -> str | None:
     if len(given) > 1 or not REQUEST_ID_PATTERN.match(given[0]):
         return None
     return given[0].decode()
-
-
-async def refuse_request_id(scope: Scope, receive: Receive, send: Send) -> None:
-    """Answer 400 ``invalid_request_id``."""
-    from gateway.errors import InvalidRequestId, error_response  # errors imports this module's context var
-
-    message = f"{REQUEST_ID_HEADER} must be one value of 1-128 characters A-Z a-z 0-9 . _ : -"
-    response = error_response(InvalidRequestId.status, message, InvalidRequestId.type)
-    await response(scope, receive, send)

@@ -2,15 +2,16 @@
 
     python -m stack.results                          # check: do the docs show what docs/results/training.json holds?
     python -m stack.results --add model_store/cola-1.0.mar --add model_store/sentiment-1.0.mar --write
-    python -m stack.results --add X.mar --label candidate/X --role candidate --measure --write
-    python -m stack.results --speed fast-path/cola-1.0=X.mar --write   # measure an archive for a recorded run
+    python -m stack.results --add X.mar --label candidate/X --role candidate --write
     python -m stack.results --write                  # re-render the docs' sections from the record
 
 Each run is recorded once, in ``docs/results/training.json``, as a summary of the ``metrics.json`` its archive
 carries (the report training wrote: nothing is typed by hand). The README's ``results:quality`` section and
 docs/training.md's ``results:runs`` section are rendered from that record; the check (the default, and
 ``tests/stack/test_results.py``) fails when a section differs from its rendering, and when an archive the record
-names is in the model store (the very file: its recorded sha256) but its report says something else.
+names is in the model store (the very file: its recorded sha256) but its report says something else. A run's
+serving speed (:data:`MEASURED`) is measured on its archive by ``python -m benchmarks.served_speed``, which records
+it here through :func:`write` (benchmarks measure the stack; the stack imports no benchmark).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ ROLES = {
     "fast-path": "a fresh clone's `make serve BASE_MODEL=minilm`",
     "candidate": "a candidate for the default, measured to choose it",
 }
-# Figures measured on an archive by --measure, not read from its training report (drift ignores them).
+# Figures measured on an archive (benchmarks.served_speed), not read from its training report (drift ignores them).
 MEASURED = ("served_texts_per_s", "measured")
 # The archive's own sha256, recorded with the run: how the check knows the project's reference archive from a user's
 # own archive of the same name (bf16 training does not repeat bit for bit across machines).
@@ -109,26 +110,6 @@ def teacher(metrics: dict[str, Any]) -> str | None:
     score = _get(facts, f"best_validation.{metrics['metric']}")
     scored = f", validation {METRIC_NAMES.get(metrics['metric'], metrics['metric'])} {score:.3f}" if score else ""
     return f"{facts.get('base_model')}{scored}"
-
-
-def measure(archive: Path, task: str, *, seconds: float = 10) -> dict[str, Any]:
-    """The archive's in-process serving ceiling on this machine (``benchmarks.ceiling``: one single-threaded
-    process per core, batches of 8 of the task's validation texts, the archive's own handler settings)."""
-    import datetime as dt
-    import os
-    import tempfile
-
-    from benchmarks.ceiling import measure as ceiling
-    from benchmarks.load import cola_sentences, review_texts
-    from benchmarks.servers import extract
-    from training.tasks import default_data_dir
-
-    texts = (cola_sentences if task == "cola" else review_texts)(default_data_dir())
-    with tempfile.TemporaryDirectory(prefix="results-") as tmp:
-        load = os.getloadavg()[0]
-        rate = ceiling(extract(archive, Path(tmp)), texts, batch=8, seconds=seconds)
-    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-    return {"served_texts_per_s": round(rate, 1), "measured": {"date": when, "load_average_before": round(load, 1)}}
 
 
 def setting(served: dict[str, Any]) -> str:
@@ -323,22 +304,19 @@ def load() -> dict[str, Any]:
     return json.loads(RECORD.read_text()) if RECORD.exists() else {"runs": {}}
 
 
+def write(record: dict[str, Any]) -> None:
+    """Write ``record`` to docs/results/training.json and re-render the docs' sections from it."""
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    for doc, name, render in SECTIONS:
+        doc.write_text(doc_sections.replaced(doc.read_text(), name, render(record)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack.results", description=__doc__.split("\n\n")[0])
     parser.add_argument("--add", type=Path, action="append", default=[], help="an archive (.mar) to record")
     parser.add_argument("--label", help="the run's name in the docs (default: the archive's name; one --add only)")
     parser.add_argument("--role", choices=sorted(ROLES), default="default", help="what the run is")
-    parser.add_argument(
-        "--measure", action="store_true", help="also measure each added archive's serving speed (10 s, idle machine)"
-    )
-    parser.add_argument(
-        "--speed",
-        action="append",
-        default=[],
-        metavar="LABEL=ARCHIVE",
-        help="measure ARCHIVE's serving speed for the recorded run LABEL (its report's figures stay as recorded), "
-        "e.g. a run whose archive is gone, measured on an identical rebuild",
-    )
     parser.add_argument("--write", action="store_true", help=f"write {RECORD.name} and the docs' sections")
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store", help="where to compare archives")
     args = parser.parse_args(argv)
@@ -348,18 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     for archive in args.add:
         label = args.label or archive.name.removesuffix(".mar")
         run = {**summary(archive_metrics(archive)), "role": args.role, ARCHIVE_HASH: sha256(archive)}
-        kept = {k: v for k, v in record["runs"].get(label, {}).items() if k in MEASURED}
-        record["runs"][label] = run | (measure(archive, run["task"]) if args.measure else kept)
-    for pair in args.speed:
-        label, _, archive = pair.partition("=")
-        if label not in record["runs"] or not archive:
-            parser.error(f"--speed {pair!r}: expected LABEL=ARCHIVE with a recorded LABEL")
-        record["runs"][label] |= measure(Path(archive), record["runs"][label]["task"])
+        kept = {k: v for k, v in record["runs"].get(label, {}).items() if k in MEASURED}  # a re-added run's speed
+        record["runs"][label] = run | kept
     if args.write:
-        RECORD.parent.mkdir(parents=True, exist_ok=True)
-        RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        for doc, name, render in SECTIONS:
-            doc.write_text(doc_sections.replaced(doc.read_text(), name, render(record)))
+        write(record)
         print(f"wrote {RECORD.relative_to(REPO)} ({len(record['runs'])} runs) and its sections")
         return 0
     ok = f"the docs show what {RECORD.relative_to(REPO)} records ({len(record['runs'])} runs)"

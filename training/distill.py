@@ -24,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from training.arguments import TrainingError
+from training.batches import by_length
 from training.tasks import DataError, Splits, default_data_dir, get_task, sha256
 
 log = logging.getLogger("training")
@@ -71,8 +72,6 @@ def teacher_facts(teacher: Path) -> dict[str, Any]:
 def teacher_logits(teacher: Path, texts: list[str], *, max_length: int, batch_size: int = 64) -> np.ndarray:
     """The teacher's fp32 logits for ``texts``, in their order (batches of similar-length texts)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from training.fit import by_length
 
     model = AutoModelForSequenceClassification.from_pretrained(teacher, use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher)

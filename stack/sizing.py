@@ -66,7 +66,9 @@ def kubernetes_limits() -> dict[str, int]:
     (deployment,) = [d for d in yaml.safe_load_all(GATEWAY.read_text()) if d and d.get("kind") == "Deployment"]
     containers = deployment["spec"]["template"]["spec"]["containers"]
     gateway = next(c for c in containers if c["name"] == "gateway")
+    volumes = {v["name"]: v for v in yaml.safe_load(KSERVE.read_text())["spec"]["predictor"]["volumes"]}
     return {
+        "KServe predictor ts-tmp emptyDir": to_bytes(volumes["ts-tmp"]["emptyDir"]["sizeLimit"]),
         "KServe predictor memory": to_bytes(predictor["resources"]["limits"]["memory"]),
         "gateway pod memory": to_bytes(gateway["resources"]["limits"]["memory"]),
     }
@@ -106,6 +108,9 @@ NEEDS = (
     Need("gateway mem_limit", "the gateway's peak", lambda r: _highest(r, lambda k: k == "gateway_peak")),
     Need("KServe predictor memory", "a replica serving both defaults under load, without the unpacked archives "
          "(a pod's emptyDir is disk)", _defaults_without_tmpfs),
+    Need("KServe predictor ts-tmp emptyDir", "TorchServe's TEMP in a pod: both defaults unpacked",
+         lambda r: (r["compose"]["the two defaults, under load"]["torchserve1_run_ts_used"],
+                    "the two defaults, under load")),
     Need("gateway pod memory", "the gateway's peak", lambda r: _highest(r, lambda k: k == "gateway_peak")),
     Need("torchserve healthcheck start_period", "`up` on built images until every service is healthy (TorchServe "
          "registers both defaults, then the gateway starts)", lambda r: (r["compose_up_s"], "up"), fit=TIME_FIT,

@@ -712,3 +712,15 @@ def test_the_first_runs_repeated_the_served_defaults() -> None:
     for task in TASKS:
         default = runs[f"{task}-1.0"]
         assert {f: runs[f"first-run/{task}-1.0"][f] for f in figures} == {f: default[f] for f in figures}
+
+
+def test_the_settings_the_launcher_sets_are_the_ones_configuration_md_names() -> None:
+    """docs/configuration.md: the launcher "sets the first three" gateway settings and ``GATEWAY_MODEL_STORE``."""
+    from stack.gateway import Gateway
+
+    upstream = re.findall(r'"GATEWAY_(\w+)"', inspect.getsource(Gateway.upstream))
+    assert [f"GATEWAY_{name}" for name in upstream] == [f"GATEWAY_{f.upper()}" for f in list(Settings.model_fields)[:3]]
+    assert "GATEWAY_MODEL_STORE=" in inspect.getsource(Gateway.env)
+    doc = " ".join((REPO / "docs" / "configuration.md").read_text().split())
+    assert "the launcher sets the first three to the TorchServe it starts" in doc
+    assert "sets `GATEWAY_MODEL_STORE` to its model store" in doc

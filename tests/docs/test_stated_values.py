@@ -62,6 +62,7 @@ COMPOSE = sources.compose()["services"]
 SMOKE = REPO / "tests" / "benchmarks" / "test_smoke.py"
 REVIEWS = REPO / "data" / "google_play_reviews" / "reviews.csv"
 DEFAULT_RECIPES = {name: task.recipe(task.base_model) for name, task in TASKS.items()}
+RECORDED = json.loads((REPO / "docs" / "results" / "training.json").read_text())["runs"]  # stack.results' record
 
 README = [
     stated("README.md", "[TorchServe](https://pytorch.org/serve/) {}", sources.pinned("runtime.txt", "torchserve")),
@@ -75,6 +76,14 @@ README = [
         "Needs Linux, Python {} and Java {}",
         sources.found("pyproject.toml", r">=(\d+\.\d+)"),
         int(sources.found("Makefile", r"v\[1\] < (\d+)")),
+    ),
+    stated(
+        "README.md",
+        "(CoLA validation MCC {:.2f} instead of {:.2f}; sentiment test accuracy {:.2f} instead of {:.2f})",
+        RECORDED["fast-path/cola-1.0"]["served"]["validation"],
+        RECORDED["cola-1.0"]["served"]["validation"],
+        RECORDED["fast-path/sentiment-1.0"]["served"]["test"],
+        RECORDED["sentiment-1.0"]["served"]["test"],
     ),
     stated("docs/architecture.md", "client ─► gateway (FastAPI, :{})", gateway_parser().get_default("port")),
     stated(

@@ -62,6 +62,7 @@ COMPOSE = sources.compose()["services"]
 SMOKE = REPO / "tests" / "benchmarks" / "test_smoke.py"
 REVIEWS = REPO / "data" / "google_play_reviews" / "reviews.csv"
 DEFAULT_RECIPES = {name: task.recipe(task.base_model) for name, task in TASKS.items()}
+RECORDED = json.loads((REPO / "docs" / "results" / "training.json").read_text())["runs"]  # stack.results' record
 
 README = [
     stated("README.md", "[TorchServe](https://pytorch.org/serve/) {}", sources.pinned("runtime.txt", "torchserve")),
@@ -75,6 +76,14 @@ README = [
         "Needs Linux, Python {} and Java {}",
         sources.found("pyproject.toml", r">=(\d+\.\d+)"),
         int(sources.found("Makefile", r"v\[1\] < (\d+)")),
+    ),
+    stated(
+        "README.md",
+        "(CoLA validation MCC {:.2f} instead of {:.2f}; sentiment test accuracy {:.2f} instead of {:.2f})",
+        RECORDED["fast-path/cola-1.0"]["served"]["validation"],
+        RECORDED["cola-1.0"]["served"]["validation"],
+        RECORDED["fast-path/sentiment-1.0"]["served"]["test"],
+        RECORDED["sentiment-1.0"]["served"]["test"],
     ),
     stated("docs/architecture.md", "client ─► gateway (FastAPI, :{})", gateway_parser().get_default("port")),
     stated(
@@ -712,3 +721,15 @@ def test_the_first_runs_repeated_the_served_defaults() -> None:
     for task in TASKS:
         default = runs[f"{task}-1.0"]
         assert {f: runs[f"first-run/{task}-1.0"][f] for f in figures} == {f: default[f] for f in figures}
+
+
+def test_the_settings_the_launcher_sets_are_the_ones_configuration_md_names() -> None:
+    """docs/configuration.md: the launcher "sets the first three" gateway settings and ``GATEWAY_MODEL_STORE``."""
+    from stack.gateway import Gateway
+
+    upstream = re.findall(r'"GATEWAY_(\w+)"', inspect.getsource(Gateway.upstream))
+    assert [f"GATEWAY_{name}" for name in upstream] == [f"GATEWAY_{f.upper()}" for f in list(Settings.model_fields)[:3]]
+    assert "GATEWAY_MODEL_STORE=" in inspect.getsource(Gateway.env)
+    doc = " ".join((REPO / "docs" / "configuration.md").read_text().split())
+    assert "the launcher sets the first three to the TorchServe it starts" in doc
+    assert "sets `GATEWAY_MODEL_STORE` to its model store" in doc

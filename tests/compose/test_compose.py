@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.compose.commands import COMMANDS, DOWN, GENERATE, PREDICT, REGISTER, SCALE, SET_DEFAULT, UP
-from tests.compose.conftest import APP_UID, PROJECT, REPO, Compose, ready_replicas, wait_for
+from tests.compose.commands import DOWN, GENERATE, PREDICT, REGISTER, SCALE, SET_DEFAULT, UP
+from tests.compose.conftest import APP_UID, PROJECT, Compose, ready_replicas, wait_for
 
 pytestmark = pytest.mark.compose
 
@@ -36,12 +36,6 @@ def served_versions(compose: Compose, n: int) -> set[str]:
 def inspect(container: str) -> dict[str, object]:
     out = subprocess.run(["docker", "inspect", container], capture_output=True, text=True, check=True).stdout
     return json.loads(out)[0]  # type: ignore[no-any-return]
-
-
-def test_the_documented_commands_are_the_ones_run_here() -> None:
-    documented = (REPO / "README.md").read_text() + (REPO / "docs" / "deployment.md").read_text()
-    for command in COMMANDS:
-        assert command in documented, command
 
 
 def test_up_builds_and_waits_until_healthy(compose: Compose) -> None:

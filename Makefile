@@ -26,7 +26,7 @@ BASE_MODEL ?=
 #: where `make venv` looks for the torch CPU wheel first (the default index after a 5 s timeout)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: help venv peer mpnet java browser serve start stop status train test test-slow test-compose test-real-size bench bench-batching examples soak lint format clean
+.PHONY: help venv peer mpnet java browser wrk serve start stop status train test test-slow test-compose test-real-size bench bench-batching examples soak lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -107,24 +107,25 @@ format: venv  ## rewrite the code with ruff format and ruff's fixes
 browser:  ## Chromium (Debian) for the /docs test in a real browser; without it that one test is skipped
 	@command -v chromium >/dev/null || apt-get install -y chromium || { apt-get update && apt-get install -y chromium; } || echo "warning: no Chromium (apt-get install -y chromium): the /docs browser test will be skipped"
 
-test: venv java browser lint  ## the whole suite: unit, gateway, training and integration tests (real TorchServe)
+test: venv java browser wrk lint  ## the whole suite: unit, gateway, training and integration tests (real TorchServe)
 	$(PY) -m pytest
 
 # wrk, the benchmarks' load generator: installed from Debian when missing (the package lists refreshed only if needed)
 NEED_WRK := command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; } || { echo "error: the benchmark needs wrk: apt-get install -y wrk"; exit 1; }
 
+wrk:  ## wrk (Debian), the benchmarks' load generator: `make bench` and the harness's smoke test in `make test` run it
+	@$(NEED_WRK)
+
 #: more `python -m benchmarks.run` flags for `make bench`, e.g. BENCH_ARGS='--duration 8 --repeats 2'
 BENCH_ARGS ?=
-bench: venv peer java  ## naive (1 and all threads) vs BentoML vs TorchServe vs gateway under wrk -> docs/benchmarks.md + .png (needs both models: `make serve` first)
-	@$(NEED_WRK)
+bench: venv peer java wrk  ## naive (1 and all threads) vs BentoML vs TorchServe vs gateway under wrk -> docs/benchmarks.md + .png (needs both models: `make serve` first)
 	$(PY) -m benchmarks.run --model-store $(MODEL_STORE) --data-dir $(DATA_DIR) --readme README.md --record docs/results/bench.json $(BENCH_ARGS)
 
 #: the archive `make bench-batching` measures; unset: the store's default cola version
 BATCHING_ARCHIVE ?=
 #: more `python -m benchmarks.batching` flags for `make bench-batching`, e.g. BATCHING_ARGS='--batch-sizes 4,8 --repeats 2'
 BATCHING_ARGS ?=
-bench-batching: venv java  ## TorchServe direct on one archive, batch sizes x max batch delays under wrk -> docs/performance.md section 5 (`make serve` first)
-	@$(NEED_WRK)
+bench-batching: venv java wrk  ## TorchServe direct on one archive, batch sizes x max batch delays under wrk -> docs/performance.md section 5 (`make serve` first)
 	$(PY) -m benchmarks.batching --model-store $(MODEL_STORE) --data-dir $(DATA_DIR) $(if $(BATCHING_ARCHIVE),--archive $(BATCHING_ARCHIVE)) --record docs/results/batching.json --doc docs/performance.md $(BATCHING_ARGS)
 
 #: set (WRITE=1) to let `make examples` rewrite the README's example answers instead of checking them

@@ -83,7 +83,10 @@ def gateway_with(**overrides: object) -> Iterator[str]:
 
 def test_a_header_flood_gets_431_within_a_few_kib_and_health_stays_fast() -> None:
     """Four connections flood never-ending headers (each again as soon as it is answered) while /health is asked
-    50 times: every flood is cut with 431 before 32 KiB (the limit is 16 KiB), /health answers in under 100 ms."""
+    50 times: every flood is cut with 431 before 32 KiB (the limit is 16 KiB); /health's median stays under 100 ms
+    and no answer waits a second. A /health blocked behind the floods would wait for their header deadline (10 s);
+    one answer of a few hundred ms is the shared machine's scheduling (the floods, the client and the gateway share
+    one process and its GIL here), which a 100 ms bound on every answer failed once in a fresh clone's make test."""
     results: list[tuple[int, int]] = []
     stop = threading.Event()
 
@@ -109,7 +112,8 @@ def test_a_header_flood_gets_431_within_a_few_kib_and_health_stays_fast() -> Non
     assert max(sent for sent, _ in results) < 32 * 1024, results
     print(f"\nheader flood: {len(results)} floods cut at {sorted({s for s, _ in results})} bytes sent; /health "
           f"p50 {statistics.median(latencies):.1f} ms, max {max(latencies):.1f} ms")  # fmt: skip
-    assert max(latencies) < 100, latencies
+    assert statistics.median(latencies) < 100, latencies
+    assert max(latencies) < 1000, latencies
 
 
 @pytest.mark.parametrize(
@@ -181,7 +185,8 @@ def test_many_idle_connections_do_not_starve_a_real_request(torchserve: TorchSer
                 sock.close()
     assert response.status_code == 200, response.text
     assert elapsed < 2
-    assert max(latencies) < 100, latencies
+    assert statistics.median(latencies) < 100, latencies
+    assert max(latencies) < 1000, latencies
 
 
 def test_past_the_connection_cap_with_none_idle_a_new_connection_gets_503() -> None:

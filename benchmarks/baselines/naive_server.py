@@ -28,7 +28,7 @@ import yaml
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
-from handlers.text_classification import Loaded, Settings, load, predict, settings_from
+from handlers.text_classification import WEIGHTS_FILE, Loaded, Settings, load, predict, settings_from
 
 SETTINGS = Settings()
 
@@ -45,12 +45,15 @@ def model_dir(source: Path, scratch: Path) -> Path:
 
 def served_in_torch(directory: Path, base: Settings) -> Settings:
     """The archive's handler settings (``model-config.yaml``; none for a bare ``save_pretrained`` directory) on the
-    torch engine with ``base``'s thread count."""
+    torch engine with ``base``'s thread count; on the archive's own engine where it carries no fp32 weights (an
+    onnxruntime archive packaged for the CPU, the default since the weights left the served archives): PyTorch has
+    nothing to load there, and the naive server then calls the archive's ONNX graph inside the endpoint."""
     config = directory / "model-config.yaml"
     if not config.exists():
         return base
     served = settings_from((yaml.safe_load(config.read_text()) or {}).get("handler"))
-    return served.model_copy(update={"engine": "torch", "num_threads": base.num_threads})
+    engine = "torch" if (directory / WEIGHTS_FILE).is_file() else served.engine
+    return served.model_copy(update={"engine": engine, "num_threads": base.num_threads})
 
 
 class Passage(BaseModel):

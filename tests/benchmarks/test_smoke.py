@@ -23,6 +23,7 @@ from handlers.text_classification import settings_from
 from stack.torchserve import TorchServe
 from tests.gateway.server import running_gateway, settings_for
 from torchserve_protocol.layout import REPO
+from training.package import package
 
 pytestmark = pytest.mark.integration
 
@@ -112,12 +113,19 @@ def test_the_naive_server_runs_with_torchs_default_thread_count(tiny_models: dic
     assert 0 <= answer.json()["prob"] <= 1
 
 
-def test_the_naive_server_serves_the_archives_checked_settings_in_torch(tiny_store: Path, tmp_path: Path) -> None:
-    """Same served model as the handler (its fp32 modules, granularity, temperature), on PyTorch's engine."""
-    directory = model_dir(tiny_store / "cola-1.0.mar", tmp_path)
+def test_the_naive_server_serves_the_archives_checked_settings_in_torch(
+    tiny_models: dict[str, Path], tiny_store: Path, tmp_path: Path
+) -> None:
+    """Same served model as the handler (its fp32 modules, granularity, temperature), on PyTorch's engine where the
+    archive carries the fp32 weights; on the archive's own engine (its ONNX graph) where it carries none."""
+    weighted = package(tiny_models["cola"], name="cola", store=tmp_path / "store", version="1.0", fp32_weights=True)
+    directory = model_dir(weighted, tmp_path / "weighted")
     handler = yaml.safe_load((directory / "model-config.yaml").read_text())["handler"]
     served = served_in_torch(directory, SETTINGS.model_copy(update={"num_threads": 3}))
     assert served == settings_from(handler).model_copy(update={"engine": "torch", "num_threads": 3})
+    cpu_only = model_dir(tiny_store / "cola-1.0.mar", tmp_path / "cpu-only")
+    served = served_in_torch(cpu_only, SETTINGS.model_copy(update={"num_threads": 3}))
+    assert served == settings_from(handler).model_copy(update={"engine": "onnxruntime", "num_threads": 3})
     assert served_in_torch(tmp_path, SETTINGS) == SETTINGS  # a bare save_pretrained folder: the handler's defaults
 
 

@@ -21,7 +21,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.aiohttp_transport import AiohttpTransport
-from gateway.canary import SplitWatcher, VersionChooser
+from gateway.canary import StateWatcher, VersionChooser
 from gateway.catalogue import Catalogue
 from gateway.errors import GatewayError, handle_error
 from gateway.fast_lane import FastLane
@@ -132,7 +132,7 @@ def create_app(
     app.openapi = exact_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = Metrics()
-    app.state.chooser = VersionChooser(SplitWatcher(settings.model_store, check_s=settings.split_check_s))
+    app.state.chooser = VersionChooser(StateWatcher(settings.model_store, check_s=settings.split_check_s))
     app.state.catalogue = Catalogue(settings.model_store) if settings.model_store is not None else None
     for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_class, handle_error)

@@ -1,5 +1,5 @@
 """Which version serves an inference request: the client's pinned version, else the canary's share of the split
-(``canary.json``, :mod:`torchserve_protocol.store`), else TorchServe's default.
+(the store's ``served.json``, :mod:`torchserve_protocol.store`), else TorchServe's default.
 
 Without a client key the split is a deterministic interleave per model: of every N unpinned requests a gateway
 process sends exactly ``floor(N * percent / 100)`` (within one) to the canary, spread evenly, so the share is exact
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from torchserve_protocol.store import BASIS_POINTS, SPLIT_FILE, Canary, SplitFileError, read_split
+from torchserve_protocol.store import BASIS_POINTS, STATE_FILE, Share, State, StateFileError, read_state
 
 CLIENT_KEY_HEADER = "X-Client-Key"
 CLIENT_KEY_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
@@ -35,42 +35,49 @@ class Choice:
 DEFAULT = Choice(version=None, role="default")
 
 
-class SplitWatcher:
-    """The split as the gateway sees it: the file is stat-ed at most once per ``check_s`` and re-read only when its
-    modification time, size or inode changed. An unreadable or invalid file keeps the last good split (logged once,
-    and kept in :attr:`error`). With no store configured there is never a canary."""
+class StateWatcher:
+    """The store's state as the gateway sees it (the canary and shadow shares): the file is stat-ed at most once per
+    ``check_s`` and re-read only when its modification time, size or inode changed. An unreadable or invalid file
+    keeps the last good state (logged once, and kept in :attr:`error`). With no store configured, or no state file,
+    there is no canary and no shadow."""
 
     def __init__(self, store: Path | None, *, check_s: float = 1.0) -> None:
-        self.path = store / SPLIT_FILE if store is not None else None
+        self.path = store / STATE_FILE if store is not None else None
         self.check_s = check_s
-        self.split: dict[str, Canary] = {}
+        self.state = State()
         self.error: str | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._checked = float("-inf")
 
-    def current(self) -> dict[str, Canary]:
+    def current(self) -> State:
         now = time.monotonic()
         if self.path is None or now - self._checked < self.check_s:
-            return self.split
+            return self.state
         self._checked = now
         try:
             stat = self.path.stat()
         except FileNotFoundError:
-            self.split, self._stamp, self.error = {}, None, None
-            return self.split
+            self.state, self._stamp, self.error = State(), None, None
+            return self.state
         except OSError as exc:
             self.error = f"cannot stat {self.path}: {exc.strerror}"
-            return self.split
+            return self.state
         stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         if stamp != self._stamp:
             try:
-                self.split = read_split(self.path.parent)
+                self.state = read_state(self.path.parent) or State()
                 self._stamp, self.error = stamp, None
-            except (OSError, SplitFileError) as exc:
+            except (OSError, StateFileError) as exc:
                 if self.error != str(exc):
-                    log.warning("keeping the last good canary split: %s", exc)
+                    log.warning("keeping the last good state of the store: %s", exc)
                 self.error = str(exc)
-        return self.split
+        return self.state
+
+    def canaries(self) -> dict[str, Share]:
+        return self.current().canaries()
+
+    def shadows(self) -> dict[str, Share]:
+        return self.current().shadows()
 
 
 def slot_of(model: str, client_key: str) -> int:
@@ -80,14 +87,14 @@ def slot_of(model: str, client_key: str) -> int:
 
 
 class VersionChooser:
-    def __init__(self, watcher: SplitWatcher) -> None:
+    def __init__(self, watcher: StateWatcher) -> None:
         self.watcher = watcher
         self._seen: Counter[str] = Counter()  # unpinned, unkeyed requests per model while it has a canary
 
     def choose(self, model: str, *, pinned: str | None, client_key: str | None) -> Choice:
         if pinned is not None:
             return Choice(version=pinned, role="pinned")
-        canary = self.watcher.current().get(model)
+        canary = self.watcher.canaries().get(model)
         if canary is None:
             return DEFAULT
         share = canary.basis_points

@@ -1,7 +1,8 @@
 """``GET /models``: what the model store says, read only and without any TorchServe key.
 
-Versions are the store's ``<name>-<version>.mar`` archives (the launcher registers every one of them), the default
-is ``defaults.json``'s choice (else the newest), the canary comes from ``canary.json``, and the labels and validation
+Versions are the registered ones of the store's ``served.json`` (:mod:`torchserve_protocol.store`; a store without
+that file: every ``<name>-<version>.mar`` archive, the newest the default), the default and the canary come from the
+same file, and the labels and validation
 metrics from two small members of each archive (``config.json``'s ``id2label``, ``metrics.json``'s
 ``best_validation``). An archive is read once per change of its size or modification time; at most
 :data:`MAX_ARCHIVES` are listed.
@@ -17,7 +18,7 @@ from typing import Any
 
 from gateway.schemas import ModelInfo, ModelsResponse, VersionInfo
 from torchserve_protocol.archives import ARCHIVE_RE, version_key
-from torchserve_protocol.store import ModelDefault, SplitFileError, chosen_default, read_defaults, read_split
+from torchserve_protocol.store import State, StateFileError, read_state
 
 MAX_ARCHIVES = 256
 MAX_MEMBER_BYTES = 1_048_576
@@ -71,11 +72,11 @@ class Catalogue:
             self._cache[path] = cached
         return cached[1]
 
-    def _defaults(self) -> dict[str, ModelDefault]:
+    def _state(self) -> State | None:
         try:
-            return read_defaults(self.store)
-        except (OSError, ValueError):
-            return {}
+            return read_state(self.store)
+        except (OSError, StateFileError):
+            return None
 
     def read(self) -> ModelsResponse:
         """The catalogue now (file reads: call it in a thread). ``OSError`` when the store cannot be listed."""
@@ -89,19 +90,19 @@ class Catalogue:
             if match and sum(len(v) for v in found.values()) < MAX_ARCHIVES:
                 found.setdefault(match["name"], {})[match["version"]] = path
         self._cache = {p: v for p, v in self._cache.items() if any(p in d.values() for d in found.values())}
-        defaults = self._defaults()
-        try:
-            split = read_split(self.store)
-        except (OSError, SplitFileError):
-            split = {}
+        state = self._state()
         models = []
         for name, archives in sorted(found.items()):
-            versions = sorted(archives, key=version_key)
-            canary = split.get(name)
+            served = state.models.get(name) if state is not None else None
+            if state is not None and served is None:
+                continue  # inert archives: not registered, not served
+            versions = sorted(v for v in archives if served is None or v in served.versions)
+            versions.sort(key=version_key)
+            canary = served.canary if served is not None else None
             models.append(
                 ModelInfo(
                     name=name,
-                    default=chosen_default(versions, defaults.get(name)),
+                    default=served.default if served is not None else versions[-1],
                     canary=canary.version if canary else None,
                     canary_percent=canary.percent if canary else 0.0,
                     versions=[self._version(archives[v], v) for v in versions],

@@ -204,7 +204,7 @@ class VersionInfo(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str = Field(examples=["cola"])
-    default: str = Field(description="The default version (defaults.json, else the newest).", examples=["1.0"])
+    default: str = Field(description="The default version (the store's served.json).", examples=["1.0"])
     canary: str | None = Field(description="The canary version, if any.", examples=["2.0"])
     canary_percent: float = Field(
         description="Share of unpinned requests sent to the canary (0 without one).", examples=[10.0]

@@ -197,8 +197,8 @@ class Settings(BaseSettings):
 
     model_store: Path | None = Field(
         default=None,
-        description="The model store, read only: the canary split (canary.json) and the catalogue of GET /models "
-        "(archive names, defaults.json, each archive's labels and validation metrics). Unset: no canary split and "
+        description="The model store, read only: its state file served.json (the canary split, the shadow and the "
+        "catalogue of GET /models, with each archive's labels and validation metrics). Unset: no canary split and "
         "GET /models answers 503. A relative path is taken from the repository root.",
     )
     split_check_s: float = Field(

@@ -1,129 +1,229 @@
-"""The model store's own files, beside the archives: ``defaults.json`` (the operator's default version per model,
-written by the publish CLI, read by the launcher, the benchmarks and the gateway's catalogue) and ``canary.json``
-(the canary split, written by the publish CLI, read by every gateway process). TorchServe itself knows neither.
+"""The model store's state file, ``served.json``: what is served, per model. It is the desired state of every
+TorchServe replica and of every gateway, and the only record of it: the publish CLI writes it, each replica's
+launcher applies it (at start and within seconds of a change: stack/reconcile.py), and each gateway reads the canary
+and shadow shares from it. TorchServe itself runs without snapshots and knows none of it.
 
-``defaults.json``: ``{"cola": {"default": "2.0", "history": ["1.0"]}}``: the default and the previous ones, newest
-last (for rollback); a plain ``{"cola": "2.0"}`` is accepted.
+::
 
-``canary.json``: ``{"cola": {"version": "2.0", "percent": 10.0}}``: of the unpinned requests for ``cola``, 10% go to
-version 2.0 (pinned by the gateway), the rest to TorchServe's default. A model absent from it has no canary.
+    {"format": 1, "models": {"cola": {
+        "default": "2.0", "history": ["1.0"],             # previous defaults, newest last (rollback)
+        "versions": {"1.0": {"workers": 1}, "2.0": {"workers": 1, "quality": {"metric": "mcc",
+                     "recorded": 0.585, "served": 0.585}}},
+        "canary": {"version": "3.0", "percent": 10.0},   # optional: 10% of the unpinned requests, pinned to 3.0
+        "shadow": {"version": "3.0", "percent": 100.0}}}} # optional: copies of 100% of them, answers discarded
 
-Both are replaced atomically (:func:`~torchserve_protocol.json_files.write_atomically`).
+Every version named (default, history, canary, shadow) is one of ``versions``: the registered ones. An archive in the
+store that is not among them is inert: never registered, never served. The file is replaced atomically
+(:func:`~torchserve_protocol.json_files.write_atomically`); one that does not parse is refused whole
+(:class:`StateFileError`), never served by guess.
+
+Stores written before this file held ``defaults.json`` and ``canary.json``; :func:`legacy_default` reads the first
+once, for the migration (the defaults only).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from torchserve_protocol.archives import MODEL_NAME_RE, VERSION_RE
 from torchserve_protocol.json_files import write_atomically
 
-DEFAULTS_FILE = "defaults.json"
-SPLIT_FILE = "canary.json"
+STATE_FILE = "served.json"
+FORMAT = 1
+LEGACY_DEFAULTS_FILE = "defaults.json"
 BASIS_POINTS = 10_000  # percent is kept to 0.01: 10.0% = 1000 of 10000
 
 
-# --- defaults.json ---------------------------------------------------------------------------------------------------
-
-
-class DefaultsFileError(ValueError):
-    """The file exists but does not hold ``{model: {"default", "history"}}`` (or ``{model: version}``)."""
+class StateFileError(ValueError):
+    """``served.json`` exists but is not a valid state; the message says what is wrong (one line)."""
 
 
 @dataclass(frozen=True)
-class ModelDefault:
-    default: str
-    history: tuple[str, ...] = ()  # the previous defaults, newest last
+class Share:
+    """A version that gets ``percent`` of a model's unpinned requests: the canary's answers, or the shadow's copies."""
 
-
-def parse_defaults(data: object) -> dict[str, ModelDefault]:
-    if not isinstance(data, dict):
-        raise DefaultsFileError("defaults must be a JSON object {model: {default, history}}")
-    result: dict[str, ModelDefault] = {}
-    for name, entry in data.items():
-        if not isinstance(entry, dict):
-            result[str(name)] = ModelDefault(default=str(entry))
-        elif "default" not in entry or not isinstance(entry.get("history", []), list):
-            raise DefaultsFileError(f"bad entry for model {str(name)[:64]!r}")
-        else:
-            history = tuple(str(v) for v in entry.get("history", []))
-            result[str(name)] = ModelDefault(default=str(entry["default"]), history=history)
-    return result
-
-
-def read_defaults(store: Path) -> dict[str, ModelDefault]:
-    """The store's defaults (empty when there is no file); ``OSError`` or :class:`ValueError` when unreadable."""
-    path = store / DEFAULTS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return parse_defaults(json.loads(path.read_text()))
-    except DefaultsFileError as exc:
-        raise DefaultsFileError(f"{path}: {exc}") from None
-
-
-def write_defaults(store: Path, defaults: Mapping[str, ModelDefault]) -> None:
-    data = {name: {"default": d.default, "history": list(d.history)} for name, d in defaults.items()}
-    write_atomically(store / DEFAULTS_FILE, data)
-
-
-def chosen_default(versions: Sequence[str], chosen: ModelDefault | None) -> str:
-    """The version to serve by default among ``versions`` (oldest first): the operator's choice when it is one of
-    them, else the newest."""
-    return chosen.default if chosen is not None and chosen.default in versions else versions[-1]
-
-
-# --- canary.json -----------------------------------------------------------------------------------------------------
-
-
-class SplitFileError(ValueError):
-    """The file exists but is not a valid split; the message says what is wrong (one line)."""
-
-
-@dataclass(frozen=True)
-class Canary:
     version: str
-    percent: float  # 0-100 of the model's unpinned requests
+    percent: float  # 0-100
 
     @property
     def basis_points(self) -> int:
         return round(self.percent * BASIS_POINTS / 100)
 
 
-def parse_split(data: object) -> dict[str, Canary]:
-    """The split as ``{model: Canary}``; raises :class:`SplitFileError` for anything else."""
-    if not isinstance(data, dict):
-        raise SplitFileError("the split must be a JSON object {model: {version, percent}}")
-    split: dict[str, Canary] = {}
-    for name, entry in data.items():
-        if not MODEL_NAME_RE.match(str(name)) or not isinstance(entry, dict):
-            raise SplitFileError(f"bad entry for model {str(name)[:64]!r}")
-        version, percent = entry.get("version"), entry.get("percent")
-        if not isinstance(version, str) or not VERSION_RE.match(version):
-            raise SplitFileError(f"{name}: version must look like 2.0")
-        if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
-            raise SplitFileError(f"{name}: percent must be a number from 0 to 100")
-        split[str(name)] = Canary(version=version, percent=float(percent))
-    return split
+@dataclass(frozen=True)
+class Quality:
+    """The publish gate's measurement of one version: its metric as recorded in training, and as served."""
+
+    metric: str
+    recorded: float
+    served: float
 
 
-def read_split(store: Path) -> dict[str, Canary]:
-    """The store's split (empty when there is no file); :class:`SplitFileError` or ``OSError`` when unreadable."""
-    path = store / SPLIT_FILE
+@dataclass(frozen=True)
+class VersionState:
+    workers: int
+    quality: Quality | None = None
+
+
+@dataclass(frozen=True)
+class ModelState:
+    default: str
+    versions: Mapping[str, VersionState]
+    history: tuple[str, ...] = ()  # the previous defaults, newest last
+    canary: Share | None = None
+    shadow: Share | None = None
+
+    def with_changes(self, **changes: Any) -> ModelState:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class State:
+    models: Mapping[str, ModelState] = field(default_factory=dict)
+
+    def with_model(self, name: str, model: ModelState) -> State:
+        return State(models={**self.models, name: model})
+
+    def canaries(self) -> dict[str, Share]:
+        return {name: m.canary for name, m in self.models.items() if m.canary is not None}
+
+    def shadows(self) -> dict[str, Share]:
+        return {name: m.shadow for name, m in self.models.items() if m.shadow is not None}
+
+
+# --- parsing and writing ---------------------------------------------------------------------------------------------
+
+
+def _version(name: str, value: object, what: str) -> str:
+    if not isinstance(value, str) or not VERSION_RE.match(value):
+        raise StateFileError(f"{name}: {what} must be a version like 2.0, not {str(value)[:32]!r}")
+    return value
+
+
+def _share(name: str, value: object, what: str) -> Share | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise StateFileError(f"{name}: {what} must be {{version, percent}}")
+    percent = value.get("percent")
+    if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
+        raise StateFileError(f"{name}: {what} percent must be a number from 0 to 100")
+    return Share(version=_version(name, value.get("version"), f"{what} version"), percent=float(percent))
+
+
+def _quality(name: str, value: object) -> Quality | None:
+    if value is None:
+        return None
+    try:
+        assert isinstance(value, dict)
+        return Quality(metric=str(value["metric"]), recorded=float(value["recorded"]), served=float(value["served"]))
+    except (AssertionError, KeyError, TypeError, ValueError):
+        raise StateFileError(f"{name}: quality must be {{metric, recorded, served}}") from None
+
+
+def _versions(name: str, value: object) -> dict[str, VersionState]:
+    if not isinstance(value, dict) or not value:
+        raise StateFileError(f"{name}: versions must be a non-empty object {{version: {{workers}}}}")
+    versions = {}
+    for version, entry in value.items():
+        workers = entry.get("workers") if isinstance(entry, dict) else None
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise StateFileError(f"{name} {str(version)[:32]}: workers must be a whole number >= 0")
+        versions[_version(name, version, "a version")] = VersionState(workers, _quality(name, entry.get("quality")))
+    return versions
+
+
+def _model(name: str, entry: object) -> ModelState:
+    if not MODEL_NAME_RE.match(name) or not isinstance(entry, dict):
+        raise StateFileError(f"bad entry for model {name[:64]!r}")
+    versions = _versions(name, entry.get("versions"))
+    history = entry.get("history", [])
+    if not isinstance(history, list):
+        raise StateFileError(f"{name}: history must be a list of versions")
+    model = ModelState(
+        default=_version(name, entry.get("default"), "default"),
+        versions=versions,
+        history=tuple(_version(name, v, "history") for v in history),
+        canary=_share(name, entry.get("canary"), "canary"),
+        shadow=_share(name, entry.get("shadow"), "shadow"),
+    )
+    named = [("default", model.default), *(("history", v) for v in model.history)]
+    named += [(what, share.version) for what, share in (("canary", model.canary), ("shadow", model.shadow)) if share]
+    for what, version in named:
+        if version not in versions:
+            raise StateFileError(f"{name}: {what} {version} is not one of its versions ({', '.join(versions)})")
+    for what, share in (("canary", model.canary), ("shadow", model.shadow)):
+        if share is not None and share.version == model.default:
+            raise StateFileError(f"{name}: the {what} {share.version} is the default")
+    return model
+
+
+def parse_state(data: object) -> State:
+    """The state in ``data`` (``json.loads`` of the file); :class:`StateFileError` for anything else."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("models"), dict):
+        raise StateFileError(f'expected {{"format": {FORMAT}, "models": {{...}}}}')
+    return State(models={str(name): _model(str(name), entry) for name, entry in data["models"].items()})
+
+
+def state_data(state: State) -> dict[str, Any]:
+    """The JSON form of ``state`` (what :func:`parse_state` reads)."""
+    models: dict[str, Any] = {}
+    for name, model in state.models.items():
+        versions: dict[str, Any] = {}
+        for version, entry in model.versions.items():
+            versions[version] = {"workers": entry.workers}
+            if entry.quality is not None:
+                q = entry.quality
+                versions[version]["quality"] = {"metric": q.metric, "recorded": q.recorded, "served": q.served}
+        models[name] = {"default": model.default, "history": list(model.history), "versions": versions}
+        for what, share in (("canary", model.canary), ("shadow", model.shadow)):
+            if share is not None:
+                models[name][what] = {"version": share.version, "percent": share.percent}
+    return {"format": FORMAT, "models": models}
+
+
+def read_state(store: Path) -> State | None:
+    """The store's state; ``None`` when it has no state file. :class:`StateFileError` (one line, naming the file)
+    when the file is not valid, ``OSError`` when it cannot be read."""
+    path = store / STATE_FILE
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return {}
+        return None
     try:
-        return parse_split(json.loads(text))
-    except ValueError as exc:
-        raise SplitFileError(f"{path} is not a valid split: {exc}") from None
+        return parse_state(json.loads(text))
+    except ValueError as exc:  # StateFileError and json.JSONDecodeError
+        raise StateFileError(f"{path} is not a valid state: {exc}") from None
 
 
-def write_split(store: Path, split: Mapping[str, Canary]) -> None:
+def write_state(store: Path, state: State) -> None:
     """Replace the file atomically (``OSError`` when the store cannot be written; nothing changed then)."""
-    data = {name: {"version": c.version, "percent": c.percent} for name, c in split.items()}
-    write_atomically(store / SPLIT_FILE, data)
+    write_atomically(store / STATE_FILE, state_data(state))
+
+
+# --- the stores written before served.json ---------------------------------------------------------------------------
+
+
+def legacy_default(store: Path, name: str, versions: Sequence[str]) -> str:
+    """The default an older store chose for ``name`` among ``versions`` (oldest first): ``defaults.json``'s choice
+    when it names one of them (``{"cola": {"default": "2.0"}}`` or ``{"cola": "2.0"}``), else the newest."""
+    try:
+        entry = json.loads((store / LEGACY_DEFAULTS_FILE).read_text()).get(name)
+    except (OSError, ValueError, AttributeError):
+        entry = None
+    chosen = entry.get("default") if isinstance(entry, dict) else entry
+    return chosen if isinstance(chosen, str) and chosen in versions else versions[-1]
+
+
+def initial_state(defaults: Mapping[str, tuple[str, int]]) -> State:
+    """A state serving one version per model: ``{name: (version, workers)}``."""
+    return State(
+        models={
+            name: ModelState(default=version, versions={version: VersionState(workers=workers)})
+            for name, (version, workers) in sorted(defaults.items())
+        }
+    )

@@ -19,10 +19,10 @@ import psutil
 
 from stack.management import Management
 from stack.torchserve import Ports, StackError, TorchServe, stop_process_group, wait_http
-from torchserve_protocol.archives import archives_in
+from torchserve_protocol.archives import archive_name, archives_in
 from torchserve_protocol.keys import read_key
 from torchserve_protocol.layout import REPO, key_file_in
-from torchserve_protocol.store import chosen_default, read_defaults
+from torchserve_protocol.store import read_state
 
 ServerError = StackError  # a configuration failed to start or answer
 
@@ -41,14 +41,13 @@ def free_ports(n: int) -> list[int]:
 
 
 def served_archives(store: Path) -> dict[str, Path]:
-    """``{model name: archive}``: the default version of each model (``defaults.json``, else the newest)."""
+    """``{model name: archive}``: the default version of each model (the store's ``served.json``; a store without
+    one: the newest of each model, as a first start would choose)."""
     archives = archives_in(store)  # sorted by name, then version
-    chosen = read_defaults(store)
-    picked: dict[str, Path] = {}
-    for name in dict.fromkeys(a.name for a in archives):
-        versions = {a.version: a.path for a in archives if a.name == name}
-        picked[name] = versions[chosen_default(list(versions), chosen.get(name))]
-    return picked
+    state = read_state(store)
+    if state is not None:
+        return {name: store / archive_name(name, model.default) for name, model in state.models.items()}
+    return {a.name: a.path for a in archives}  # the newest of each name comes last
 
 
 def store_of(archives: Iterable[Path], store: Path) -> Path:

@@ -1,13 +1,17 @@
 """``python -m stack {serve,start,stop,status,torchserve}``: run the whole stack with local processes.
 
-* ``serve``      foreground: train each default model the store lacks, start TorchServe, register every
-                 archive in the store, wait until every worker is READY, start the gateway; Ctrl-C stops it all.
-* ``start``      the same in the background (pid files under the run directory); returns once everything is ready.
-* ``stop``       stop the gateway and TorchServe (frontend and every worker); safe when nothing runs.
+* ``serve``      foreground: train each default model the store lacks, start TorchServe, apply the store's
+                 ``served.json`` (written first when the store has none), wait until every worker is READY, start
+                 the gateway, then keep TorchServe following ``served.json`` (stack/reconcile.py); Ctrl-C stops it all.
+* ``start``      train what is missing, then run ``serve`` in the background (pid file ``stack.pid`` and log
+                 ``stack.log`` in the run directory); returns once the gateway is ready.
+* ``stop``       stop the launcher, the gateway and TorchServe (frontend and every worker); safe when nothing runs.
 * ``status``     what runs, and each model's versions, default and workers.
-* ``torchserve`` foreground, TorchServe only (the TorchServe container's command); with ``INFERENCE_KEY_FILE`` set,
-                 keeps a copy of the inference key alone there (stack/inference_key.py), for the gateway.
-* ``models``     train each default model the store lacks, then exit (compose's one-shot ``models``).
+* ``torchserve`` foreground, TorchServe only, following ``served.json`` (the TorchServe container's command); with
+                 ``INFERENCE_KEY_FILE`` set, keeps a copy of the inference key alone there (stack/inference_key.py),
+                 for the gateway.
+* ``models``     train each default model the store lacks, write ``served.json`` if the store has none, then exit
+                 (compose's one-shot ``models``).
 
 The Makefile and the Dockerfiles call these; nothing else starts TorchServe.
 """
@@ -23,10 +27,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from stack import served_state
 from stack.gateway import Gateway
 from stack.inference_key import InferenceKeyPublisher
-from stack.management import Management, ManagementError, register_store
-from stack.torchserve import Ports, StackError, TorchServe
+from stack.management import Management, ManagementError
+from stack.reconcile import Reconciler
+from stack.torchserve import Ports, StackError, TorchServe, pid_from, stop_process_group, wait_http
 from stack.worker_watch import WorkerWatch
 from torchserve_protocol.archives import archives_in
 from torchserve_protocol.layout import IP_PLACEHOLDER, REPO, default_model_store, default_run_dir_template, run_dir_of
@@ -53,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-store",
         type=Path,
         default=default_model_store(),
-        help="the .mar archives and defaults.json (env MODEL_STORE)",
+        help="the .mar archives and served.json (env MODEL_STORE)",
     )
     parser.add_argument(
         "--run-dir",
@@ -132,14 +138,64 @@ def ensure_models(store: Path, *, train: bool) -> None:
             raise StackError(f"training {task} failed; see the output above")
 
 
-def bring_up_torchserve(ts: TorchServe, *, timeout: float) -> dict[str, str]:
+def bring_up_torchserve(ts: TorchServe, args: argparse.Namespace) -> Reconciler:
+    """Start TorchServe and apply the store's state to it; the returned reconciler keeps it applied."""
     ts.start()
-    ts.wait_up(timeout=timeout)
+    ts.wait_up(timeout=args.timeout)
     management = Management(ts.management_url, ts.key_file)
-    defaults = register_store(management, ts.model_store)
-    management.wait_ready(defaults, timeout=timeout)
+    # workers.json beside each key file: TorchServe's (publish list, the local gateway) and, in compose, the
+    # inference key's copy that the gateway and every replica's publish read
+    copies = [args.inference_key_file] if args.inference_key_file is not None else []
+    watch = WorkerWatch(management, *(workers_file_beside(k) for k in [ts.key_file, *copies]))
+    reconciler = Reconciler(management, ts.model_store, watch, timeout=args.timeout)
+    reconciler.tick()
+    if reconciler.problems:
+        raise StackError("; ".join(reconciler.problems))
+    state = served_state.load(ts.model_store)
+    assert state is not None  # ensured before TorchServe started
+    management.wait_ready(state.models, timeout=args.timeout)
+    defaults = {name: model.default for name, model in state.models.items()}
     print(f"[stack] TorchServe ready on {ts.inference_url}: {defaults}", flush=True)
-    return defaults
+    return reconciler
+
+
+def launcher_pid_file(run_dir: Path) -> Path:
+    return run_dir / "stack.pid"
+
+
+def start_in_background(args: argparse.Namespace, argv: Sequence[str], gateway: Gateway) -> int:
+    """``serve`` as a background process of its own session (so the store keeps being followed after ``start``
+    returns); waits until the gateway is ready, else prints the end of its log and stops it."""
+    pid_file = launcher_pid_file(args.run_dir)
+    if pid_from(pid_file, marker="stack") is not None:
+        raise StackError(f"the stack already runs from {args.run_dir} (pid file {pid_file}); `make stop` first")
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    log = args.run_dir / "stack.log"
+    cmd = [sys.executable, "-m", "stack", *["serve" if a == "start" else a for a in argv], "--no-train"]
+    with log.open("ab") as out:
+        process = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    pid_file.write_text(str(process.pid))
+    try:
+        wait_http(f"{gateway.url}/ready", timeout=3 * args.timeout, process=process)
+    except StackError:
+        stop_process_group(process.pid, timeout=30)
+        pid_file.unlink(missing_ok=True)
+        tail = log.read_text(errors="replace").splitlines()[-20:]
+        print("\n".join(tail), file=sys.stderr)
+        raise StackError(f"the stack did not start; its log: {log}") from None
+    print(f"[stack] gateway ready on {gateway.url} (launcher pid {process.pid}, log {log})", flush=True)
+    return 0
+
+
+def stop_all(args: argparse.Namespace, ts: TorchServe, gateway: Gateway) -> None:
+    pid_file = launcher_pid_file(args.run_dir)
+    pid = pid_from(pid_file, marker="stack")
+    if pid is not None:  # the launcher stops what it started; the two below catch whatever it left
+        stop_process_group(pid, timeout=60)
+    pid_file.unlink(missing_ok=True)
+    gateway.stop()
+    ts.stop()
 
 
 def gateway_for(ts: TorchServe, args: argparse.Namespace) -> Gateway:
@@ -186,13 +242,13 @@ def status(ts: TorchServe, gateway: Gateway) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     ts = TorchServe(model_store=args.model_store, run_dir=args.run_dir, host=args.host, ports=args.ts_ports)
     gateway = gateway_for(ts, args)
     try:
         if args.command == "stop":
-            gateway.stop()
-            ts.stop()
+            stop_all(args, ts, gateway)
             print("[stack] stopped", flush=True)
             return 0
         if args.command == "status":
@@ -200,46 +256,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("serve", "start"):
             gateway.check_environment()  # before anything starts
         ensure_models(args.model_store, train=not args.no_train and args.command != "torchserve")
+        state = served_state.ensure(args.model_store, DEFAULT_TASKS)
         if args.command == "models":
-            print(
-                f"[stack] models in {args.model_store}: {', '.join(a.path.name for a in archives_in(args.model_store))}"
-            )
+            served = ", ".join(f"{name} {m.default}" for name, m in sorted(state.models.items()))
+            print(f"[stack] models in {args.model_store}: serving {served}")
             return 0
-        try:
-            bring_up_torchserve(ts, timeout=args.timeout)
-            # workers.json beside each key file: TorchServe's (publish list, the local gateway) and, in compose, the
-            # inference key's copy that the gateway reads
-            copies = [args.inference_key_file] if args.inference_key_file is not None else []
-            watch = WorkerWatch(
-                Management(ts.management_url, ts.key_file), *(workers_file_beside(k) for k in [ts.key_file, *copies])
-            )
-            if args.command == "torchserve":
-                publisher = None
-                if args.inference_key_file is not None:
-                    publisher = InferenceKeyPublisher(ts.key_file, args.inference_key_file, ts.management_url)
-                    publisher.tick()
-                ticks = [watch.tick] if publisher is None else [publisher.tick, watch.tick]
-                wait_for_signal(ts.process, ticks=ticks)
-                return 0
+        if args.command == "start":
+            return start_in_background(args, argv, gateway)
+        return run_foreground(args, ts, gateway)
+    except (StackError, ManagementError, served_state.StateError) as exc:
+        print(f"[stack] error: {exc}", file=sys.stderr)
+        return 1
+
+
+def run_foreground(args: argparse.Namespace, ts: TorchServe, gateway: Gateway) -> int:
+    """``serve`` and ``torchserve``: bring everything up, follow the store until a signal, stop everything."""
+    stop = None
+    try:
+        reconciler = bring_up_torchserve(ts, args)
+        _thread, stop = reconciler.start()
+        ticks = []
+        if args.command == "torchserve" and args.inference_key_file is not None:
+            publisher = InferenceKeyPublisher(ts.key_file, args.inference_key_file, ts.management_url)
+            publisher.tick()
+            ticks.append(publisher.tick)
+        if args.command == "serve":
             gateway.start()
             gateway.wait_ready(timeout=args.timeout)
             print(f"[stack] gateway ready on {gateway.url}", flush=True)
-            if args.command == "start":
-                return 0
-            wait_for_signal(ts.process, gateway.process, ticks=[watch.tick])
-            return 0
-        except BaseException:
-            gateway.stop()
-            ts.stop()
-            raise
-        finally:
-            if args.command in ("serve", "torchserve"):
-                gateway.stop()
-                ts.stop()
-                print("[stack] stopped", flush=True)
-    except (StackError, ManagementError) as exc:
-        print(f"[stack] error: {exc}", file=sys.stderr)
-        return 1
+        wait_for_signal(ts.process, gateway.process, ticks=ticks)
+        return 0
+    finally:
+        if stop is not None:
+            stop.set()
+        gateway.stop()
+        ts.stop()
+        print("[stack] stopped", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """A small synchronous client for TorchServe's management API (register, set default, scale, readiness).
 
-Used by the launcher (register every archive in the store at start-up), the container healthcheck and the publish
-CLI. Every call sends the management key of ``key_file.json``, refreshed when TorchServe rejects the cached one (keys
-expire, and ``POST /token`` rotates them).
+Used by the launcher (which applies the store's served.json: stack/reconcile.py), the container healthcheck and
+the publish CLI. Every call sends the management key of ``key_file.json``, refreshed when TorchServe rejects the
+cached one (keys expire, and ``POST /token`` rotates them).
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from typing import Any
 
 import httpx
 
-from torchserve_protocol.archives import archives_in
 from torchserve_protocol.keys import TOKEN_PATH, KeyFile, KeyFileError, KeyKind, bearer, fresh_key, is_invalid_key
-from torchserve_protocol.store import chosen_default, read_defaults
 
 KEY_WAIT_S = 2.0  # how long to poll a key file that is missing or being rewritten (TorchServe truncates, then writes)
 
@@ -148,19 +146,3 @@ def _message(response: httpx.Response) -> str:
         return str(response.json().get("message", response.text))
     except ValueError:
         return response.text[:200]
-
-
-def register_store(management: Management, store: Path, *, workers: int | None = None) -> dict[str, str]:
-    """Register every archive in the store not yet registered; set each model's default (the operator's choice
-    recorded in ``defaults.json``, else the newest version). Returns ``{name: default_version}``."""
-    archives = archives_in(store)
-    registered = {name: {v["modelVersion"] for v in management.versions(name)} for name in management.models()}
-    for archive in archives:
-        if archive.version not in registered.get(archive.name, set()):
-            management.register(archive.path.name, workers=workers)
-    chosen = read_defaults(store)
-    defaults: dict[str, str] = {}
-    for name in sorted({a.name for a in archives}):
-        defaults[name] = chosen_default([a.version for a in archives if a.name == name], chosen.get(name))
-        management.set_default(name, defaults[name])
-    return defaults

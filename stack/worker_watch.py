@@ -24,10 +24,12 @@ class WorkerWatch:
         self.pids: dict[tuple[str, str, str], int] = {}  # (model, version, worker id) -> the pid seen last
         self.restarts: Counter[tuple[str, str]] = Counter()
         self._checked = -float("inf")
+        self.problems: list[str] = []  # the reconciler's last pass (stack/reconcile.py), reported with the workers
+        self.applied: str | None = None  # the digest of the served.json that pass applied
 
-    def tick(self) -> None:
-        """At most every ``every_s``: read every version's workers, count restarts, rewrite the file."""
-        if time.monotonic() - self._checked < self.every_s:
+    def tick(self, *, force: bool = False) -> None:
+        """At most every ``every_s`` (or now): read every version's workers, count restarts, rewrite the file."""
+        if not force and time.monotonic() - self._checked < self.every_s:
             return
         self._checked = time.monotonic()
         try:
@@ -35,7 +37,7 @@ class WorkerWatch:
         except ManagementError:
             return  # TorchServe busy or restarting: the file keeps its last state (with its time)
         for out in self.outs:
-            write_workers(out, versions, updated=self.clock())
+            write_workers(out, versions, updated=self.clock(), problems=self.problems, applied=self.applied)
 
     def observe(self) -> list[VersionWorkers]:
         seen = []

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from stack.management import Management, register_store
+from stack import served_state
+from stack.management import Management
+from stack.reconcile import Reconciler
 from stack.torchserve import CONFIG, Ports, StackError, TorchServe
+from stack.worker_watch import WorkerWatch
 from tests.tiny_models import COLA_LABELS, SENTIMENT_LABELS, make_tiny_classifier
+from torchserve_protocol.workers import workers_file_beside
 from training.package import package
 from training.tasks import default_data_dir
 
@@ -136,13 +140,26 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, 
     return store
 
 
+DEFAULT_MODELS = ("cola", "sentiment")
+
+
+def apply_store(ts: TorchServe, store: Path) -> Reconciler:
+    """What the launcher does once TorchServe is up: write the store's served.json if it has none, apply it, wait
+    until every worker is READY. The returned reconciler follows later changes once started."""
+    state = served_state.ensure(store, DEFAULT_MODELS)
+    management = management_client(ts)
+    reconciler = Reconciler(management, store, WorkerWatch(management, workers_file_beside(ts.key_file)))
+    reconciler.tick()
+    assert not reconciler.problems, reconciler.problems
+    management.wait_ready(state.models)
+    return reconciler
+
+
 def start_torchserve(store: Path, run_dir: Path) -> TorchServe:
-    """Start TorchServe on free loopback ports, register the store, wait until every worker is READY."""
+    """Start TorchServe on free loopback ports, apply the store's state, wait until every worker is READY."""
     ts = launch_torchserve(store, run_dir)
     try:
-        management = management_client(ts)
-        defaults = register_store(management, store)
-        management.wait_ready(defaults)
+        apply_store(ts, store)
     except BaseException:
         ts.stop()
         raise

@@ -23,6 +23,7 @@ once, for the migration (the defaults only).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -189,14 +190,21 @@ def state_data(state: State) -> dict[str, Any]:
 def read_state(store: Path) -> State | None:
     """The store's state; ``None`` when it has no state file. :class:`StateFileError` (one line, naming the file)
     when the file is not valid, ``OSError`` when it cannot be read."""
+    found = read_state_version(store)
+    return None if found is None else found[0]
+
+
+def read_state_version(store: Path) -> tuple[State, str] | None:
+    """The state and a digest of the file's bytes: a replica reports the digest it applied, so a waiting ``publish``
+    tells a replica that applied this very file from one that only happens to look alike."""
     path = store / STATE_FILE
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         return None
     try:
-        return parse_state(json.loads(text))
-    except ValueError as exc:  # StateFileError and json.JSONDecodeError
+        return parse_state(json.loads(data)), hashlib.sha256(data).hexdigest()[:16]
+    except ValueError as exc:  # StateFileError, json.JSONDecodeError and UnicodeDecodeError
         raise StateFileError(f"{path} is not a valid state: {exc}") from None
 
 

@@ -14,9 +14,8 @@ import uvicorn
 from gateway.app import create_app
 from gateway.http_server import uvicorn_options
 from gateway.settings import Settings
-from stack.management import register_store
 from stack.torchserve import CONFIG, Ports, TorchServe
-from tests.conftest import launch_torchserve, management_client
+from tests.conftest import apply_store, launch_torchserve
 
 
 def settings_for(ts: TorchServe, **overrides: object) -> Settings:
@@ -73,17 +72,24 @@ def running_gateway(settings: Settings, *, start_timeout: float = 20.0) -> Itera
 
 @contextmanager
 def private_torchserve(
-    store: Path, run_dir: Path, *, ports: Ports | None = None, config: Path = CONFIG
+    store: Path, run_dir: Path, *, ports: Ports | None = None, config: Path = CONFIG, follow: bool = False
 ) -> Iterator[TorchServe]:
-    """A TorchServe of its own (register the store, wait until every worker is READY), stopped on exit.
+    """A TorchServe of its own (the store's state applied, every worker READY), stopped on exit. With ``follow`` the
+    launcher's reconciler keeps it serving the store's served.json meanwhile (what ``publish`` changes).
 
     Started again in the same ``run_dir`` with the same ``ports`` it is the same server (same key file); those ports
     are checked free first (``launch_torchserve``). Without ``ports`` it takes free ones, retrying on a lost race.
     """
     ts = launch_torchserve(store, run_dir, ports=ports, config=config)
+    following = None
     try:
-        management = management_client(ts)
-        management.wait_ready(register_store(management, store))
+        reconciler = apply_store(ts, store)
+        if follow:
+            following = reconciler.start()
         yield ts
     finally:
+        if following is not None:
+            thread, stop = following
+            stop.set()
+            thread.join(timeout=60)
         ts.stop()

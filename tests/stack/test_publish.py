@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -17,11 +19,14 @@ import httpx
 import pytest
 
 from stack.publish import main as publish
+from stack.replica_reports import wait_converged
 from stack.torchserve import TorchServe
-from tests.conftest import free_port, management_client
+from tests.conftest import management_client
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.tiny_models import COLA_LABELS, make_tiny_classifier
 from torchserve_protocol.layout import temp_in
+from torchserve_protocol.store import STATE_FILE, parse_state, read_state_version, write_state
+from torchserve_protocol.workers import read_report, workers_file_beside
 from training.package import ServingConfig, package
 
 pytestmark = pytest.mark.integration
@@ -61,27 +66,39 @@ def incoming(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def served(tmp_path_factory: pytest.TempPathFactory, tiny_store: Path) -> Iterator[tuple[Path, TorchServe]]:
     root = tmp_path_factory.mktemp("publish")
     store = base_store(root, tiny_store)
-    with private_torchserve(store, root / "run") as ts:
+    with private_torchserve(store, root / "run", follow=True) as ts:
         yield store, ts
+
+
+WORKERS = ServingConfig().min_workers  # the archives' own (model-config.yaml), as a first start records them
+START_STATE = {"cola": {"default": "1.0", "history": [], "versions": {"1.0": {"workers": WORKERS}}},
+               "sentiment": {"default": "1.0", "history": [], "versions": {"1.0": {"workers": WORKERS}}}}  # fmt: skip
+
+
+def state_of(store: Path) -> dict[str, object]:
+    return dict(json.loads((store / STATE_FILE).read_text())["models"])
 
 
 @pytest.fixture
 def stack(served: tuple[Path, TorchServe], incoming: Path) -> Stack:
     """The shared TorchServe brought back to the same state before every test, whatever ran before (any order):
-    cola 1.0 and sentiment 1.0 registered, 1.0 the default, no defaults.json, nothing else in the store."""
+    cola 1.0 and sentiment 1.0 registered, 1.0 the default, nothing else in the store."""
     store, ts = served
-    management = management_client(ts)
-    for version in [v["modelVersion"] for v in management.versions("cola")]:
-        if version != "1.0":
-            management.set_default("cola", "1.0")
-            management.unregister("cola", version)
     for path in store.iterdir():
-        if path.name not in BASE:
+        if path.name not in (*BASE, STATE_FILE):
             if path.is_dir():  # the blocker a test made, should it have been left
                 path.rmdir()
             else:
                 path.unlink()
-    assert [v["modelVersion"] for v in management.versions("cola")] == ["1.0"]
+    write_state(store, parse_state({"format": 1, "models": START_STATE}))
+    found = read_state_version(store)
+    assert found is not None
+
+    def no_problem(problems: list[str]) -> None:
+        assert not problems
+
+    for name in found[0].models:  # the reconciler brings TorchServe back, and its report says so
+        wait_converged(ts.key_file, lambda: found, name, timeout=120, failed=no_problem)
     return Stack(store=store, run_dir=ts.run_dir, incoming=incoming, ts=ts)
 
 
@@ -99,45 +116,64 @@ def test_errors_are_one_line_and_exit_1(stack: Stack, capsys: pytest.CaptureFixt
     assert stack.publish("register", "cola-1.0.mar") == 1
     assert "cola 1.0 is already registered" in last_line(capsys)
     assert stack.publish("set-default", "cola", "3.0") == 1
-    assert "cola has no version '3.0' registered (registered: 1.0)" in last_line(capsys)
+    assert "cola has no version '3.0' registered (registered: 1.0; `register cola-3.0.mar` adds it)" in last_line(
+        capsys
+    )
     assert stack.publish("scale", "nosuch", "1.0", "--workers", "1") == 1
-    assert "model 'nosuch' is not registered" in last_line(capsys)
+    assert "model 'nosuch' is not served (served: cola, sentiment)" in last_line(capsys)
     assert stack.publish("unregister", "cola", "1.0") == 1
     assert "is the current default" in last_line(capsys)
     assert stack.publish("rollback", "cola") == 1
     assert "no previous default of cola" in last_line(capsys)
-    unreachable = f"http://127.0.0.1:{free_port()}"
-    argv = ["--management-url", unreachable, "--key-file", str(stack.ts.key_file), "list"]
-    assert publish(argv) == 1
-    assert "unreachable" in last_line(capsys)
+    assert stack.publish("shadow", "cola", "1.0", "--percent", "5") == 1
+    assert "cola 1.0 is the default; a shadow must be another version" in last_line(capsys)
     assert stack.publish("list") == 0
-    listing = capsys.readouterr().out
-    assert [line.split() for line in listing.splitlines() if line.startswith("cola")] == [
-        ["cola", "1.0", "workers=" + ",".join(["READY"] * ServingConfig().min_workers), "default"]
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in listing if line.startswith("cola")] == [
+        ["cola", "1.0", f"workers={WORKERS}", f"(READY:{WORKERS})", "default"]
     ]
+    assert listing[-1] == f"replica {stack.ts.key_file.parent.name}: serves the state"
 
 
-def test_a_store_that_refuses_the_write_leaves_torchserve_unchanged(
-    stack: Stack, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """defaults.json is written before TorchServe is told; when the store refuses it (here: a directory in the way,
-    which fails even for root; in compose: a folder the container's user cannot write), nothing changes."""
+def test_a_corrupt_state_is_refused_in_one_line(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    """By publish, and by the launcher: nothing is served by guess. The running replica keeps what it serves."""
+    (stack.store / STATE_FILE).write_text('{"format": 1, "models": {"cola": {"default": "2.0"}}}')
+    assert stack.publish("list") == 1
+    error = last_line(capsys)
+    assert error.startswith(f"publish: error: {stack.store / STATE_FILE} is not a valid state: cola: versions must")
+    assert "nothing is served by guess" in error
+    run = subprocess.run([sys.executable, "-m", "stack", "models", "--no-train", "--model-store", str(stack.store)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [f"[stack] error: {error.removeprefix('publish: error: ')}"]
+    time.sleep(2)  # two passes of the reconciler
+    assert [v["modelVersion"] for v in management_client(stack.ts).versions("cola")] == ["1.0"]
+    report = read_report(workers_file_beside(stack.ts.key_file))
+    assert report is not None
+    assert "the replica keeps serving what it serves" in report.problems[0]
+
+
+def test_a_store_that_refuses_the_write_changes_nothing(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    """The state is the only thing publish writes; when the store refuses it (here: a directory in the way of its
+    lock, which fails even for root; in compose: a folder the container's user cannot write), nothing changes."""
     stage_v2(stack)
     assert stack.publish("register", "cola-2.0.mar", "--workers", "1") == 0
-    blocker = stack.store / "defaults.json"
+    before = state_of(stack.store)
+    blocker = stack.store / f".{STATE_FILE}.lock"
+    blocker.unlink()
     blocker.mkdir()
     try:
         capsys.readouterr()
-        assert stack.publish("set-default", "cola", "2.0") == 1
+        assert stack.publish("set-default", "cola", "2.0", "--force") == 1
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1
-        assert err[0].startswith(f"publish: error: cannot write {blocker} (")
-        assert "TorchServe was not changed" in err[0]
+        assert err[-1].startswith(f"publish: error: cannot lock {stack.store / STATE_FILE} (")
+        assert "nothing was changed" in err[-1]
+        assert state_of(stack.store) == before
         assert management_client(stack.ts).default_version("cola") == "1.0"
     finally:
         blocker.rmdir()
-    assert stack.publish("unregister", "cola", "2.0", "--delete-archive", "--drain-s", "0") == 0
-    assert not list(stack.store.glob(".defaults-*"))
+    assert stack.publish("unregister", "cola", "2.0", "--delete-archive") == 0
+    assert not (stack.store / "cola-2.0.mar").exists()
 
 
 def corrupted(archive: Path, target: Path) -> Path:
@@ -164,8 +200,9 @@ def test_a_register_that_fails_leaves_the_serving_workers_as_they_were(
     corrupted(stack.incoming / "cola-2.0.mar", stack.store / "cola-2.0.mar")
     assert stack.publish("register", "cola-2.0.mar", "--workers", "1") == 1
     error = last_line(capsys)
-    assert error.startswith("publish: error: cola 2.0 did not start (")
-    assert "TorchServe dropped it" in error
+    assert error.startswith(f"publish: error: cola 2.0 did not start ({stack.ts.key_file.parent.name}: register cola")
+    assert f"it was taken out of {STATE_FILE}, and the versions that were serving kept their workers" in error
+    assert state_of(stack.store) == START_STATE
     assert sorted(unpacked.iterdir()) == copies
     assert [v["modelVersion"] for v in management_client(stack.ts).versions("cola")] == ["1.0"]
     assert workers_of(stack, "cola", "1.0") == before
@@ -212,7 +249,7 @@ def test_switch_and_rollback_under_traffic_fail_no_request(stack: Stack) -> None
             traffic.wait_for(lambda: len(traffic.results["default"]) >= 5)
             stage_v2(stack)
             assert stack.publish("register", "cola-2.0.mar", "--workers", "1") == 0
-            assert stack.publish("set-default", "cola", "2.0") == 0
+            assert stack.publish("set-default", "cola", "2.0", "--force") == 0
             mark = len(traffic.results["default"])
             traffic.wait_for(lambda: traffic.served_since(mark, "2.0"))
             assert stack.publish("rollback", "cola") == 0
@@ -231,30 +268,51 @@ def test_switch_and_rollback_under_traffic_fail_no_request(stack: Stack) -> None
     assert {v for _, v in traffic.results["pinned"]} == {"1.0"}  # pinned requests never moved
     assert {v for _, v in traffic.results["default"]} == {"1.0", "2.0"}
     assert len(traffic.results["pinned"]) > 10
-    assert json.loads((stack.store / "defaults.json").read_text()) == {"cola": {"default": "1.0", "history": []}}
+    assert state_of(stack.store) == START_STATE
 
 
 def test_restart_serves_the_same_versions_and_default(tmp_path: Path, tiny_store: Path, incoming: Path) -> None:
-    """A TorchServe of its own (stopped here); the restart takes new free ports: the store and defaults.json carry
-    the state, not the ports."""
+    """A TorchServe of its own (stopped here); the restart takes new free ports: the store's served.json carries the
+    state, not the ports. An archive packaged meanwhile stays inert: not registered, not the default."""
     store = base_store(tmp_path, tiny_store)
-    with private_torchserve(store, tmp_path / "run") as first:
+    with private_torchserve(store, tmp_path / "run", follow=True) as first:
         own = Stack(store=store, run_dir=tmp_path / "run", incoming=incoming, ts=first)
-        # The operator's default (1.0, after a rollback) differs from the launcher's fallback (the newest, 2.0).
         stage_v2(own)
         assert own.publish("register", "cola-2.0.mar") == 0
-        assert own.publish("set-default", "cola", "2.0") == 0
-        assert own.publish("rollback", "cola") == 0
+        assert own.publish("set-default", "cola", "2.0", "--force") == 0
+        assert own.publish("rollback", "cola") == 0  # the operator's default (1.0) is not the newest
+    package(make_tiny_classifier(tmp_path / "cola-v3", COLA_LABELS, seed=9), name="cola", store=store, version="3.0")
     with (
         private_torchserve(store, tmp_path / "run") as ts,
-        running_gateway(settings_for(ts)) as base_url,
+        running_gateway(settings_for(ts, model_store=store)) as base_url,
         httpx.Client(base_url=base_url, timeout=30) as gateway,
     ):
-        versions = sorted(v["modelVersion"] for v in httpx.get(
-            f"{ts.management_url}/models/cola/all", headers={"Authorization": f"Bearer {ts.keys()['management']}"}
-        ).json())  # fmt: skip
+        versions = sorted(v["modelVersion"] for v in management_client(ts).versions("cola"))
         unpinned = gateway.post("/generate", json={"passage": "The dog is happy."})
         pinned = gateway.post("/generate", json={"passage": "The dog is happy."}, headers={"X-Model-Version": "2.0"})
+        inert = gateway.post("/generate", json={"passage": "The dog is happy."}, headers={"X-Model-Version": "3.0"})
+        catalogue = gateway.get("/models").json()
     assert versions == ["1.0", "2.0"]
     assert (unpinned.status_code, unpinned.headers["X-Model-Version"]) == (200, "1.0")
     assert (pinned.status_code, pinned.headers["X-Model-Version"]) == (200, "2.0")
+    assert inert.status_code == 404
+    cola = next(m for m in catalogue["models"] if m["name"] == "cola")
+    assert (cola["default"], [v["version"] for v in cola["versions"]]) == ("1.0", ["1.0", "2.0"])
+
+
+def test_an_older_store_gets_a_state_of_its_defaults_only(tmp_path: Path, tiny_store: Path, incoming: Path) -> None:
+    """A store from before served.json (archives and the old defaults.json): the launcher writes the state once, with
+    the default each model had (defaults.json's choice, else the newest), and says so in one line."""
+    store = base_store(tmp_path, tiny_store)
+    shutil.copy2(incoming / "cola-2.0.mar", store / "cola-2.0.mar")
+    (store / "defaults.json").write_text(json.dumps({"cola": {"default": "1.0", "history": []}}))
+    run = subprocess.run([sys.executable, "-m", "stack", "models", "--no-train", "--model-store", str(store)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    said = [line for line in run.stdout.splitlines() if STATE_FILE in line]
+    assert said == [f"[stack] {store / STATE_FILE} now records what is served: cola 1.0, sentiment 1.0 (the defaults "
+                    "only; 1 other archive(s) stay unregistered until `publish register`)"]  # fmt: skip
+    assert state_of(store) == START_STATE
+    again = subprocess.run([sys.executable, "-m", "stack", "models", "--no-train", "--model-store", str(store)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert STATE_FILE not in again.stdout  # written once

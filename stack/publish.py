@@ -210,7 +210,7 @@ def cmd_list(args: argparse.Namespace) -> None:
                 mark += f"  canary {model.canary.percent:g}%"
             if model.shadow and version == model.shadow.version:
                 mark += f"  shadow {model.shadow.percent:g}%"
-            if row is not None and row.restarts:
+            if row is not None:
                 mark += f"  restarts={row.restarts}"  # a crash loop shows as restarts that keep growing
             if entry.quality is not None:
                 q = entry.quality

@@ -16,8 +16,9 @@ from stack.reconcile import Reconciler
 from stack.torchserve import CONFIG, Ports, StackError, TorchServe
 from stack.worker_watch import WorkerWatch
 from tests.tiny_models import COLA_LABELS, SENTIMENT_LABELS, make_tiny_classifier
+from torchserve_protocol.store import ModelState, State, VersionState, write_state
 from torchserve_protocol.workers import workers_file_beside
-from training.package import package
+from training.package import ServingConfig, package
 from training.tasks import default_data_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -153,6 +154,16 @@ def apply_store(ts: TorchServe, store: Path) -> Reconciler:
     assert not reconciler.problems, reconciler.problems
     management.wait_ready(state.models)
     return reconciler
+
+
+def serve_versions(store: Path, served: dict[str, tuple[str, list[str]]]) -> None:
+    """Write the store's served.json: ``{model: (default, registered versions)}``, each with the archives' workers
+    (what ``publish register`` records)."""
+    workers = ServingConfig().min_workers
+    write_state(store, State(models={
+        name: ModelState(default=default, versions={v: VersionState(workers) for v in versions})
+        for name, (default, versions) in served.items()
+    }))  # fmt: skip
 
 
 def start_torchserve(store: Path, run_dir: Path) -> TorchServe:

@@ -1,5 +1,5 @@
 """Canary rollouts through the real stack: a TorchServe holding cola 1.0 (the default) and 2.0 (other weights), the
-real gateway reading the store's canary.json, and the publish CLI writing it."""
+real gateway reading the split from the store's served.json, and the publish CLI writing it."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from tests.gateway.conftest import sample
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.tiny_models import COLA_LABELS, make_tiny_classifier
 from torchserve_protocol.layout import REPO
-from torchserve_protocol.store import ModelDefault, write_defaults
-from training.package import package
+from torchserve_protocol.store import STATE_FILE, parse_state, read_state, write_state
+from training.package import ServingConfig, package
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +54,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_store: Path) -> Iterato
     v2 = make_tiny_classifier(root / "cola-v2", COLA_LABELS, seed=7)
     (v2 / "metrics.json").write_text(json.dumps(V2_METRICS))  # the validation metric GET /models reports
     package(v2, name="cola", store=store, version="2.0")
-    write_defaults(store, {"cola": ModelDefault(default="1.0")})  # the launcher would pick the newest
-    with private_torchserve(store, root / "run") as ts:
+    workers = {"workers": ServingConfig().min_workers}
+    write_state(store, parse_state({"format": 1, "models": {
+        "cola": {"default": "1.0", "versions": {"1.0": workers, "2.0": workers}},
+        "sentiment": {"default": "1.0", "versions": {"1.0": workers}},
+    }}))  # fmt: skip
+    with private_torchserve(store, root / "run", follow=True) as ts:
         yield Stack(store=store, ts=ts)
 
 
@@ -68,7 +72,13 @@ def gateway(stack: Stack) -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def no_canary_after(stack: Stack) -> Iterator[None]:
     yield
-    (stack.store / "canary.json").unlink(missing_ok=True)
+    state = read_state(stack.store)
+    assert state is not None
+    write_state(stack.store, state.with_model("cola", state.models["cola"].with_changes(canary=None)))
+
+
+def cola_of(store: Path) -> dict[str, object]:
+    return dict(json.loads((store / STATE_FILE).read_text())["models"]["cola"])
 
 
 def errors_of(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -110,7 +120,9 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 def test_the_cli_refuses_bad_canaries_with_one_line(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     assert stack.publish("canary", "cola", "3.0", "--percent", "10") == 1
-    assert errors_of(capsys) == ["publish: error: cola has no version '3.0' registered (registered: 1.0, 2.0)"]
+    assert errors_of(capsys) == [
+        "publish: error: cola has no version '3.0' registered (registered: 1.0, 2.0; `register cola-3.0.mar` adds it)"
+    ]
     for percent in ("150", "-1", "nan"):
         assert stack.publish("canary", "cola", "2.0", "--percent", percent) == 1
         (line,) = errors_of(capsys)
@@ -119,16 +131,16 @@ def test_the_cli_refuses_bad_canaries_with_one_line(stack: Stack, capsys: pytest
     assert errors_of(capsys) == ["publish: error: cola 1.0 is already the default; a canary must be another version"]
     assert stack.publish("promote", "cola") == 1
     assert errors_of(capsys) == ["publish: error: cola has no canary running (see `list`)"]
-    assert stack.publish("canary", "cola", "2.0", "--percent", "10") == 0
+    assert stack.publish("canary", "cola", "2.0", "--percent", "10", "--force") == 0
     assert stack.publish("canary", "cola", "2.0", "--percent", "20") == 1
     assert errors_of(capsys) == ["publish: error: cola already has a canary (2.0 at 10%); promote or abort it first"]
     assert stack.publish("list") == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("cola")]
-    assert [row[:2] + row[3:] for row in rows] == [["cola", "1.0", "default", "90%"], ["cola", "2.0", "canary", "10%"]]
+    assert [row[:2] + row[4:6] for row in rows] == [["cola", "1.0", "default", "90%"], ["cola", "2.0", "canary", "10%"]]
 
 
 def test_a_10_percent_canary_serves_10_percent_and_pinned_requests_never_move(stack: Stack, gateway: str) -> None:
-    assert stack.publish("canary", "cola", "2.0", "--percent", "10") == 0
+    assert stack.publish("canary", "cola", "2.0", "--percent", "10", "--force") == 0
     until_split_seen(gateway, "2.0")
     before = httpx.get(f"{gateway}/metrics").text
     unpinned = Counter(post_many(gateway, 1_200))
@@ -152,7 +164,7 @@ def test_a_10_percent_canary_serves_10_percent_and_pinned_requests_never_move(st
 
 
 def test_a_client_key_keeps_one_client_on_one_version(stack: Stack, gateway: str) -> None:
-    assert stack.publish("canary", "cola", "2.0", "--percent", "50") == 0
+    assert stack.publish("canary", "cola", "2.0", "--percent", "50", "--force") == 0
     until_split_seen(gateway, "2.0")
     served = {key: set(post_many(gateway, 8, headers={"X-Client-Key": key})) for key in ("a", "b", "c", "d", "e")}
     assert all(len(versions) == 1 for versions in served.values()), served
@@ -161,7 +173,7 @@ def test_a_client_key_keeps_one_client_on_one_version(stack: Stack, gateway: str
 
 @pytest.mark.parametrize("action", ["promote", "abort"])
 def test_promote_and_abort_fail_no_request(stack: Stack, gateway: str, action: str) -> None:
-    assert stack.publish("canary", "cola", "2.0", "--percent", "30") == 0
+    assert stack.publish("canary", "cola", "2.0", "--percent", "30", "--force") == 0
     until_split_seen(gateway, "2.0")
     results: list[tuple[int, str | None]] = []  # status, served version of every request sent during the switch
     stop = threading.Event()
@@ -183,7 +195,7 @@ def test_promote_and_abort_fail_no_request(stack: Stack, gateway: str, action: s
         while {v for _, v in list(results)} != {"1.0", "2.0"}:  # the traffic is split before the action
             assert time.monotonic() < deadline, "the traffic never reached both versions"
             time.sleep(0.05)
-        assert stack.publish(action, "cola") == 0
+        assert stack.publish(action, "cola", *(["--force"] if action == "promote" else [])) == 0
         after = until_only(gateway, "2.0" if action == "promote" else "1.0")
     finally:
         stop.set()
@@ -194,13 +206,13 @@ def test_promote_and_abort_fail_no_request(stack: Stack, gateway: str, action: s
     assert [r for r in results if r[0] != 200] == []  # no request failed
     assert {v for _, v in results} == {"1.0", "2.0"}
     if action == "promote":
-        assert json.loads((stack.store / "defaults.json").read_text())["cola"] == {"default": "2.0", "history": ["1.0"]}
+        assert (cola_of(stack.store)["default"], cola_of(stack.store)["history"]) == ("2.0", ["1.0"])
         assert stack.publish("rollback", "cola") == 0  # back to 1.0 for the other tests
-    assert not (stack.store / "canary.json").exists() or json.loads((stack.store / "canary.json").read_text()) == {}
+    assert "canary" not in cola_of(stack.store)
 
 
 def test_the_split_survives_a_gateway_restart(stack: Stack) -> None:
-    assert stack.publish("canary", "cola", "2.0", "--percent", "10") == 0
+    assert stack.publish("canary", "cola", "2.0", "--percent", "10", "--force") == 0
     settings = settings_for(stack.ts, model_store=stack.store, split_check_s=SPLIT_CHECK_S)
     for _ in range(2):  # two gateway processes' lifetimes, one after the other, read the same file
         with running_gateway(settings) as base_url:
@@ -209,7 +221,7 @@ def test_the_split_survives_a_gateway_restart(stack: Stack) -> None:
 
 
 def test_models_catalogue_names_versions_split_labels_and_metric(stack: Stack, gateway: str) -> None:
-    assert stack.publish("canary", "cola", "2.0", "--percent", "10") == 0
+    assert stack.publish("canary", "cola", "2.0", "--percent", "10", "--force") == 0
     body = httpx.get(f"{gateway}/models").json()
     cola = next(m for m in body["models"] if m["name"] == "cola")
     assert cola == {

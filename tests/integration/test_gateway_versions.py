@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from stack.torchserve import TorchServe
+from tests.conftest import serve_versions
 from tests.gateway.server import private_torchserve, running_gateway, settings_for
 from tests.tiny_models import COLA_LABELS, make_tiny_classifier
 from training.package import package
@@ -35,8 +36,9 @@ def test_pinned_requests_go_to_the_pinned_version(tmp_path: Path, tiny_store: Pa
     for archive in ("cola-1.0.mar", "sentiment-1.0.mar"):
         shutil.copy2(tiny_store / archive, store / archive)
     package(make_tiny_classifier(tmp_path / "cola-v2", COLA_LABELS, seed=7), name="cola", store=store, version="2.0")
+    serve_versions(store, {"cola": ("2.0", ["1.0", "2.0"]), "sentiment": ("1.0", ["1.0"])})
     with (
-        private_torchserve(store, tmp_path / "run") as ts,  # the launcher makes the newest version (2.0) the default
+        private_torchserve(store, tmp_path / "run") as ts,
         running_gateway(settings_for(ts)) as base_url,
         httpx.Client(base_url=base_url, timeout=30) as gateway,
     ):

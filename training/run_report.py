@@ -16,7 +16,7 @@ from training.arguments import Config, TrainingError
 from training.augment import NONE
 from training.fit import EpochResult, FitResult
 from training.int8_check import Int8Check
-from training.tasks import Task
+from training.tasks import EvaluatedRows, Task
 
 RETRAINED = ("base_model", "epochs", "lr", "warmup_ratio", "precision")  # what --from-run takes from the first run
 
@@ -64,6 +64,7 @@ class RunReport:
     trained_by: TrainedBy | None = None
     test: dict[str, float] | None = None  # the best epoch on the test split, fp32 (tasks that have one)
     teacher: dict[str, Any] | None = None  # with --teacher-logits: the logits file's header (training.distill)
+    validation_rows: EvaluatedRows | None = None  # which validation rows were evaluated (the publish gate redraws them)
 
     @property
     def best_validation(self) -> dict[str, float]:
@@ -87,6 +88,7 @@ class RunReport:
             "metric": self.metric,
             "data": {"dir": str(self.config.data_dir), "sha256": self.data_sha256},
             "rows": self.rows,
+            **({"validation_rows": asdict(self.validation_rows)} if self.validation_rows else {}),
             "hyperparameters": self.hyperparameters(),
             "epochs": [asdict(row) for row in self.fit.epochs],
             "best_epoch": self.fit.best_epoch,

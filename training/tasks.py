@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,31 @@ class Examples:
             return self
         keep = sorted(np.random.default_rng(seed).permutation(len(self))[:n].tolist())
         return Examples([self.texts[i] for i in keep], [self.labels[i] for i in keep])
+
+
+def rows_sha256(examples: Examples) -> str:
+    """sha256 of the rows in order, each text with its label (as JSON): another text, label or order shows."""
+    rows = json.dumps([examples.texts, examples.labels], ensure_ascii=False)
+    return hashlib.sha256(rows.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class EvaluatedRows:
+    """The rows a run evaluated, recorded in metrics.json (``validation_rows``) so that another process (the publish
+    gate, stack/gate.py) can draw the same rows from the data again and know when it could not."""
+
+    split: str
+    count: int  # the rows evaluated: the split's own, or a seeded subset of them (--max-eval-rows)
+    seed: int  # the subset's seed (Examples.subset)
+    sha256: str  # rows_sha256 of those rows
+
+    @classmethod
+    def of(cls, examples: Examples, *, split: str, seed: int) -> EvaluatedRows:
+        return cls(split=split, count=len(examples), seed=seed, sha256=rows_sha256(examples))
+
+    def draw(self, full: Examples) -> Examples:
+        """The same rows from the full split, drawn as training drew them (:meth:`Examples.subset`)."""
+        return full.subset(self.count, seed=self.seed)
 
 
 @dataclass

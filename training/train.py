@@ -36,7 +36,7 @@ from training.base_models import BaseModelError, resolve
 from training.fit import evaluate, fit, resolve_precision
 from training.package import PackagingError, ServingConfig, next_version, package
 from training.run_report import Packaging, RunReport, Timing, read_finished_run
-from training.tasks import DataError, Examples, Splits, Task, compute_metrics, get_task
+from training.tasks import DataError, EvaluatedRows, Examples, Splits, Task, compute_metrics, get_task
 
 log = logging.getLogger("training")
 CALIBRATION_ROWS = 256  # training texts that static int8 activation ranges are calibrated on
@@ -153,6 +153,7 @@ def run(cfg: Config, argv: list[str]) -> Path:
             "validation": len(splits.validation),
             "test": len(splits.test or []),
         },
+        validation_rows=EvaluatedRows.of(splits.validation, split="validation", seed=cfg.seed),
         fit=fitted,
         trained_by=prior.trained_by if prior else None,
         teacher=teacher,

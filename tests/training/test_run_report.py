@@ -15,12 +15,12 @@ from training.fit import EpochResult, FitResult
 from training.int8_check import BatchInvariance, Int8Check, Scored, Served
 from training.report import model_card, write_plots
 from training.run_report import Packaging, RunReport, Timing, TrainedBy, read_finished_run
-from training.tasks import get_task
+from training.tasks import EvaluatedRows, get_task
 
 METRICS_JSON_KEYS = [
     "task", "version", "created", "command", "base_model", "base", "device", "threads", "labels", "metric", "data",
-    "rows", "hyperparameters", "epochs", "best_epoch", "best_validation", "trained_by", "test", "quantization",
-    "timing_s", "packaging",
+    "rows", "validation_rows", "hyperparameters", "epochs", "best_epoch", "best_validation", "trained_by", "test",
+    "quantization", "timing_s", "packaging",
 ]  # fmt: skip
 
 
@@ -44,7 +44,8 @@ def a_report(tmp_path: Path) -> RunReport:
         task="cola", version="3.0", created="2026-01-01T00:00:00+00:00", command="python -m training.train --task cola",
         config=cfg, base={"name": "/models/tiny"}, device="cpu", threads=2, labels=("unacceptable", "acceptable"),
         metric="mcc", data_sha256={"data/cola/in_domain_train.tsv": "ab" * 32}, rows={"train": 40, "validation": 40,
-        "test": 0}, fit=FitResult(epochs, best_epoch=2),
+        "test": 0}, validation_rows=EvaluatedRows("validation", 40, 42, "cd" * 32),
+        fit=FitResult(epochs, best_epoch=2),
         quantization=Int8Check("mcc", 0.01, 8, scores(0.305), [chosen, report_only], chosen,
                                calibration=temperature_study(probs, labels),
                                batch_invariance=BatchInvariance(texts=40, max_abs_delta=0.0)),
@@ -60,6 +61,7 @@ def test_metrics_json_keeps_its_keys_in_order(tmp_path: Path) -> None:
     assert [k for k in METRICS_JSON_KEYS if k in data] == list(data)
     assert "test" not in data  # cola has no labelled test split
     assert data["best_validation"] == data["epochs"][1]["validation"]
+    assert data["validation_rows"] == {"split": "validation", "count": 40, "seed": 42, "sha256": "cd" * 32}
     assert data["hyperparameters"]["output"] == str(tmp_path / "run")
     assert data["hyperparameters"]["keep_fp32"] == ()
     assert data["packaging"]["handler"]["activations"] == "static"

@@ -14,7 +14,7 @@ import yaml
 from handlers.text_classification import load, predict, settings_from
 from torchserve_protocol.layout import REPO
 from training.package import main as package_main
-from training.tasks import TASKS, get_task
+from training.tasks import TASKS, get_task, rows_sha256
 from training.train import main
 
 SMALL = ["--epochs", "2", "--batch-size", "8", "--max-train-rows", "40", "--max-eval-rows", "24", "--max-length", "64"]
@@ -44,6 +44,9 @@ def test_training_run_reports_and_packages_a_loadable_archive(
     assert metrics["metric"] == TASKS[task].metric
     assert metrics["rows"]["train"] == 40
     assert metrics["rows"]["validation"] == 24
+    evaluated = get_task(task).load(data_dir).validation.subset(24, seed=42)  # what the publish gate draws again
+    recorded = {"split": "validation", "count": 24, "seed": 42, "sha256": rows_sha256(evaluated)}
+    assert metrics["validation_rows"] == recorded
     assert all(len(digest) == 64 for digest in metrics["data"]["sha256"].values())
     assert metrics["hyperparameters"]["lr"] == 5e-5  # the generic recipe: the base is a folder, not a short name
     assert metrics["quantization"]["chosen"]["drop"] <= 0.01

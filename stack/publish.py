@@ -171,12 +171,18 @@ def gated(args: argparse.Namespace, state: State, name: str, version: str) -> St
     model = require_version(state, name, version)
     default = args.model_store / archive_name(name, model.default) if model.default != version else None
     try:
-        quality = gate.check(
+        result = gate.check(
             args.model_store / archive_name(name, version), default, inference_url=args.inference_url,
             key_file=args.key_file, data_dir=args.data_dir, margin=args.margin, force=args.force,
         )  # fmt: skip
     except gate.GateRefusal as exc:
         raise PublishError(str(exc)) from None
+    if isinstance(result, gate.Skipped):
+        print(f"gate: skipped (--force): {result.reason}", file=sys.stderr)
+        return state
+    for line in result.forced:
+        print(f"gate: passed only by --force: {line}", file=sys.stderr)
+    quality = Quality(metric=result.metric, recorded=result.recorded, served=result.served)
     print(f"gate: {name} {version} {quality.metric} recorded {quality.recorded:.4f}, served {quality.served:.4f}")
     _, after = change(args.model_store, lambda s: record_quality(s, name, version, quality))
     return after

@@ -157,9 +157,6 @@ def _model(name: str, entry: object) -> ModelState:
     for what, version in named:
         if version not in versions:
             raise StateFileError(f"{name}: {what} {version} is not one of its versions ({', '.join(versions)})")
-    for what, share in (("canary", model.canary), ("shadow", model.shadow)):
-        if share is not None and share.version == model.default:
-            raise StateFileError(f"{name}: the {what} {share.version} is the default")
     return model
 
 

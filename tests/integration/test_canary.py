@@ -132,6 +132,10 @@ def test_the_cli_refuses_bad_canaries_with_one_line(stack: Stack, capsys: pytest
     assert stack.publish("promote", "cola") == 1
     assert errors_of(capsys) == ["publish: error: cola has no canary running (see `list`)"]
     assert stack.publish("canary", "cola", "2.0", "--percent", "10", "--force") == 0
+    assert errors_of(capsys) == [  # the tiny archives have no training record
+        "gate: skipped (--force): cola 2.0: the archive's metrics.json records no validation metric, so its quality "
+        "is unknown (--force skips the gate)"
+    ]
     assert stack.publish("canary", "cola", "2.0", "--percent", "20") == 1
     assert errors_of(capsys) == ["publish: error: cola already has a canary (2.0 at 10%); promote or abort it first"]
     assert stack.publish("list") == 0

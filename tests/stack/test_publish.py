@@ -130,7 +130,7 @@ def test_errors_are_one_line_and_exit_1(stack: Stack, capsys: pytest.CaptureFixt
     assert stack.publish("list") == 0
     listing = capsys.readouterr().out.splitlines()
     assert [line.split() for line in listing if line.startswith("cola")] == [
-        ["cola", "1.0", f"workers={WORKERS}", f"(READY:{WORKERS})", "default"]
+        ["cola", "1.0", f"workers={WORKERS}", f"(READY:{WORKERS})", "default", "restarts=0"]
     ]
     assert listing[-1] == f"replica {stack.ts.key_file.parent.name}: serves the state"
 

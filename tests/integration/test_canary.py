@@ -214,6 +214,7 @@ def test_models_catalogue_names_versions_split_labels_and_metric(stack: Stack, g
     cola = next(m for m in body["models"] if m["name"] == "cola")
     assert cola == {
         "name": "cola", "default": "1.0", "canary": "2.0", "canary_percent": 10.0,
+        "shadow": None, "shadow_percent": 0.0,
         "versions": [
             {"version": "1.0", "labels": list(COLA_LABELS), "validation": None},
             {"version": "2.0", "labels": list(COLA_LABELS), "validation": V2_METRICS["best_validation"]},

@@ -58,7 +58,12 @@ class Shadow:
         self.metrics.sent(pair)
         task = asyncio.create_task(self._copy(client, pair, texts, answer), name=f"shadow-{pair[0]}")
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        self.metrics.in_flight = len(self._in_flight)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self.metrics.in_flight = len(self._in_flight)
 
     async def _copy(self, client: TorchServeClient, pair: Pair, texts: str | list[str], answer: Prediction) -> None:
         model, _, version = pair
@@ -76,10 +81,6 @@ class Shadow:
             self.metrics.drop(pair, "error")
             return
         self.metrics.compare(pair, answer.results, shadowed.results)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
 
     async def settled(self) -> None:
         """Wait until no copy is in flight (tests, and shutdown)."""

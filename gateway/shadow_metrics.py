@@ -13,7 +13,8 @@ from TorchServe: the default, or the canary for its share), ``shadow`` the shado
 * ``gateway_shadow_delta_p``: histogram of ``|p_shadow(label) - p_client(label)|`` per text, ``label`` being the
   client's answer's top label (a label missing from the shadow's answer counts as probability 0).
 
-``copies = compared copies + dropped (timeout, error) + copies in flight``; a ``busy`` drop was never sent.
+``gateway_shadow_in_flight`` (a gauge) is the copies sent and not yet compared or dropped:
+``copies = compared copies + dropped (timeout, error) + in flight``; a ``busy`` drop was never sent.
 Cardinality: the models are configured names and the versions those of the store's state; at most
 :data:`~gateway.model_metrics.MAX_VERSIONS` pairs are kept, the rest counted under ``other``.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway.answers import Classification
 from gateway.model_metrics import MAX_VERSIONS, OTHER, Histogram, counter, histogram
@@ -42,6 +43,7 @@ class ShadowMetrics:
         self.compared: Counter[Pair] = Counter()
         self.agreed: Counter[Pair] = Counter()
         self.delta: dict[Pair, Histogram] = {}
+        self.in_flight = 0  # kept by :class:`gateway.shadow.Shadow`
 
     def pair(self, model: str, version: str, shadow: str) -> Pair:
         """The labels of one copy: the pair itself, or ``other`` versions once :data:`MAX_VERSIONS` pairs are known."""
@@ -81,4 +83,6 @@ class ShadowMetrics:
                     agreed),
             histogram("gateway_shadow_delta_p", "|shadow - client| probability of the client's top label, per text.",
                       pair, self.delta),
+            GaugeMetricFamily("gateway_shadow_in_flight", "Shadow copies sent and not yet compared or dropped.",
+                              value=self.in_flight),
         ]  # fmt: skip

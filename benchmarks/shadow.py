@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.gateway_cpu import started
 from benchmarks.load import ENDPOINTS, WrkResult, cola_sentences, run_wrk, write_bodies
@@ -60,9 +65,36 @@ def link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def copy_as_version(source: Path, target: Path, version: str) -> None:
+    """``source`` under another version: TorchServe takes the version from the archive's manifest, not its name (a
+    plain copy registers as the same version: 409). Members are copied as they are stored."""
+    manifest = "MAR-INF/MANIFEST.json"
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            if info.filename == manifest:
+                data = json.loads(old.read(info))
+                data["model"]["modelVersion"] = version
+                new.writestr(info, json.dumps(data, indent=2))
+            else:
+                with old.open(info) as member, new.open(info, "w", force_zip64=True) as out:
+                    shutil.copyfileobj(member, out, 1 << 20)
+
+
 def state(default: str, shadow: Share | None) -> State:
     versions = {v: VersionState(workers=1) for v in (default, SHADOW_VERSION)}
     return State(models={"cola": ModelState(default=default, versions=versions, shadow=shadow)})
+
+
+def shadow_counts(url: str) -> str:
+    """The gateway's copies sent and dropped so far (all runs), from its /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name in ("gateway_shadow_copies_total", "gateway_shadow_dropped_total"):
+                key = found.labels.get("reason", "sent")
+                values[key] = values.get(key, 0) + found.value
+    return ", ".join(f"{k} {v:.0f}" for k, v in values.items() if v) or "none"
 
 
 def table(results: dict[tuple[str, int], list[WrkResult]], modes: list[str], clients: list[int]) -> str:
@@ -95,16 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         store = root / "store"
         store.mkdir()
         link_or_copy(archive, store / archive.name)
-        link_or_copy(archive, store / f"cola-{SHADOW_VERSION}.mar")
+        copy_as_version(archive, store / f"cola-{SHADOW_VERSION}.mar", SHADOW_VERSION)
         ts = TorchServe(model_store=store, run_dir=root / "run", ports=Ports(*free_ports(5)))
         ts.start()
         stack.callback(ts.stop)
         ts.wait_up()
         management = Management(ts.management_url, ts.key_file)
-        registered = {v["modelVersion"] for v in management.versions("cola")} if "cola" in management.models() else set()
-        for version, name in ((default, archive.name), (SHADOW_VERSION, f"cola-{SHADOW_VERSION}.mar")):
-            if version not in registered:  # the configuration may load the store's archives at start
-                management.register(name, workers=1)
+        for name in (archive.name, f"cola-{SHADOW_VERSION}.mar"):
+            management.register(name, workers=1)
         management.set_default("cola", default)
         management.wait_ready(["cola"])
         env = dict(os.environ, GATEWAY_INFERENCE_URL=ts.inference_url, GATEWAY_MANAGEMENT_URL=ts.management_url,
@@ -121,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                                         ready_url=f"{url}/health"))  # fmt: skip
             run_wrk(f"{url}/generate", bodies, connections=8, seconds=2)  # warm-up
         results: dict[tuple[str, int], list[WrkResult]] = {(m, c): [] for m in modes for c in clients}
+        copies: dict[str, str] = {}
         for _ in range(args.runs):
             for c in clients:
                 for mode in modes:
@@ -128,7 +159,14 @@ def main(argv: list[str] | None = None) -> int:
                     results[(mode, c)].append(result)
                     print(f"{mode:>5} c={c}: {result.rps:.1f} rps, p50 {result.p50_ms:.1f} ms, "
                           f"p99 {result.p99_ms:.1f} ms, errors {result.errors}", flush=True)  # fmt: skip
+                    if mode != "off":
+                        copies[f"{mode} c={c}"] = shadow_counts(urls[mode])
     body = table(results, modes, clients)
+    body += (
+        "\nShadow copies (cumulative per gateway after each cell's last run): "
+        + "; ".join(f"{cell}: {counts}" for cell, counts in copies.items())
+        + ".\n"
+    )
     print(body)
     if args.doc is not None:
         args.doc.write_text(replaced(args.doc.read_text(), "shadow", body))

@@ -30,6 +30,7 @@ from gateway.middleware import DOCS_ASSETS, BodyLimit, GatewayMiddleware
 from gateway.replicas import Resolve, resolve_all
 from gateway.routes import add_routes, inference_routes
 from gateway.settings import Settings, load_settings
+from gateway.shadow import Shadow
 from gateway.torchserve import TorchServeClient
 from gateway.upstream_pool import UpstreamPool
 from gateway.wire import HttpxWire
@@ -115,6 +116,7 @@ def create_app(
                 async with client.discovering():
                     yield {"torchserve": client}
             finally:
+                await app.state.shadow.aclose()  # before the connections its copies use are closed
                 await wire.aclose()
 
     app = FastAPIOffline(  # /docs: Swagger UI from the fastapi-offline package, served here (no CDN)
@@ -132,7 +134,12 @@ def create_app(
     app.openapi = exact_openapi(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = Metrics()
-    app.state.chooser = VersionChooser(StateWatcher(settings.model_store, check_s=settings.split_check_s))
+    watcher = StateWatcher(settings.model_store, check_s=settings.split_check_s)  # canary and shadow: one file
+    app.state.chooser = VersionChooser(watcher)
+    app.state.shadow = Shadow(
+        watcher, app.state.metrics.shadow, timeout_s=settings.shadow_timeout_s,
+        max_in_flight=min(settings.shadow_max_in_flight, max(settings.max_connections // 2, 1)),
+    )  # fmt: skip
     app.state.catalogue = Catalogue(settings.model_store) if settings.model_store is not None else None
     for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_class, handle_error)

@@ -86,10 +86,24 @@ def slot_of(model: str, client_key: str) -> int:
     return int.from_bytes(digest[:8], "big") % BASIS_POINTS
 
 
+class Interleave:
+    """A deterministic share per model: of every N calls to :meth:`hit` for one model, exactly
+    ``floor(N * basis_points / 10000)`` answer true, evenly spread. The canary split and the shadow's copies
+    (:mod:`gateway.shadow`) each keep their own, so a test needs no seed."""
+
+    def __init__(self) -> None:
+        self._seen: Counter[str] = Counter()
+
+    def hit(self, model: str, basis_points: int) -> bool:
+        n = self._seen[model]
+        self._seen[model] = n + 1
+        return (n + 1) * basis_points // BASIS_POINTS > n * basis_points // BASIS_POINTS
+
+
 class VersionChooser:
     def __init__(self, watcher: StateWatcher) -> None:
         self.watcher = watcher
-        self._seen: Counter[str] = Counter()  # unpinned, unkeyed requests per model while it has a canary
+        self._split = Interleave()  # unpinned, unkeyed requests per model while it has a canary
 
     def choose(self, model: str, *, pinned: str | None, client_key: str | None) -> Choice:
         if pinned is not None:
@@ -98,10 +112,5 @@ class VersionChooser:
         if canary is None:
             return DEFAULT
         share = canary.basis_points
-        if client_key is not None:
-            hit = slot_of(model, client_key) < share
-        else:
-            n = self._seen[model]
-            self._seen[model] = n + 1
-            hit = (n + 1) * share // BASIS_POINTS > n * share // BASIS_POINTS
+        hit = slot_of(model, client_key) < share if client_key is not None else self._split.hit(model, share)
         return Choice(version=canary.version, role="canary") if hit else DEFAULT

@@ -1,8 +1,8 @@
 """``GET /models``: what the model store says, read only and without any TorchServe key.
 
 Versions are the registered ones of the store's ``served.json`` (:mod:`torchserve_protocol.store`; a store without
-that file: every ``<name>-<version>.mar`` archive, the newest the default), the default and the canary come from the
-same file, and the labels and validation
+that file: every ``<name>-<version>.mar`` archive, the newest the default), the default, the canary and the shadow
+come from the same file, and the labels and validation
 metrics from two small members of each archive (``config.json``'s ``id2label``, ``metrics.json``'s
 ``best_validation``). An archive is read once per change of its size or modification time; at most
 :data:`MAX_ARCHIVES` are listed.
@@ -99,12 +99,15 @@ class Catalogue:
             versions = sorted(v for v in archives if served is None or v in served.versions)
             versions.sort(key=version_key)
             canary = served.canary if served is not None else None
+            shadow = served.shadow if served is not None else None
             models.append(
                 ModelInfo(
                     name=name,
                     default=served.default if served is not None else versions[-1],
                     canary=canary.version if canary else None,
                     canary_percent=canary.percent if canary else 0.0,
+                    shadow=shadow.version if shadow else None,
+                    shadow_percent=shadow.percent if shadow else 0.0,
                     versions=[self._version(archives[v], v) for v in versions],
                 )
             )

@@ -17,6 +17,7 @@ from prometheus_client.core import Metric
 from starlette.types import Scope
 
 from gateway.model_metrics import Histogram, ModelMetrics, counter, histogram
+from gateway.shadow_metrics import ShadowMetrics
 from gateway.worker_metrics import Reading, families
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -32,12 +33,14 @@ RETRY_REASONS = ("worker_died", "connection_broken", "no_answer")
 
 class Metrics:
     """``gateway_requests_total``, ``gateway_request_duration_seconds`` and ``gateway_upstream_retries_total``, plus
-    the per-model, per-version families of :class:`~gateway.model_metrics.ModelMetrics` (``models``)."""
+    the per-model, per-version families of :class:`~gateway.model_metrics.ModelMetrics` (``models``) and the shadow's
+    of :class:`~gateway.shadow_metrics.ShadowMetrics` (``shadow``)."""
 
     def __init__(self) -> None:
         self._histograms: dict[Labels, Histogram] = defaultdict(lambda: Histogram(BUCKETS))
         self.retries: Counter[str] = Counter()
         self.models = ModelMetrics()
+        self.shadow = ShadowMetrics()
         self.workers: list[Reading] = []  # each replica's workers.json, read when /metrics is asked
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -64,6 +67,7 @@ class Metrics:
         yield counter("gateway_upstream_retries", "Inference requests sent to TorchServe a second time, by reason.",
                       ("reason",), retries)  # fmt: skip
         yield from self.models.collect()
+        yield from self.shadow.collect()
         yield from families(self.workers, now=time.time())
 
     def render(self) -> bytes:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from pydantic_core import to_json
+from starlette.background import BackgroundTask
 from starlette.datastructures import State
 
 from gateway import worker_metrics
@@ -41,6 +42,7 @@ from gateway.schemas import (
     request_models,
 )
 from gateway.settings import Settings
+from gateway.shadow import Shadow
 from gateway.torchserve import TorchServeClient
 from torchserve_protocol.archives import VERSION_PATTERN
 
@@ -110,11 +112,12 @@ class Inference:
     response_model: type[BaseModel]
 
 
-def _answer(body: Any, version: str | None) -> Response:
+def _answer(body: Any, version: str | None, background: BackgroundTask | None) -> Response:
     """The answer, serialized once by pydantic-core: FastAPI would validate the returned model against the
-    ``response_model`` again and encode it with the standard json module (its values were checked when read)."""
+    ``response_model`` again and encode it with the standard json module (its values were checked when read).
+    ``background`` runs once the answer is sent (the shadow's copy)."""
     headers = {MODEL_VERSION_HEADER: version} if version else None
-    return Response(to_json(body), media_type="application/json", headers=headers)
+    return Response(to_json(body), media_type="application/json", headers=headers, background=background)
 
 
 async def infer(
@@ -130,9 +133,11 @@ async def infer(
     sent (one text, or a list answered as ``{"results": [...]}``), each text's answer mapped by the route's contract,
     and counted per version once the mapping succeeded (an answer outside the contract counts as that version's
     error). A canary version that TorchServe no longer has sends its share to the default instead of failing it.
-    ``state`` is the app's (its ``chooser`` and ``metrics``)."""
+    An unpinned request answered 200 may send a copy to the shadow version after its answer (:mod:`gateway.shadow`).
+    ``state`` is the app's (its ``chooser``, ``metrics`` and ``shadow``)."""
     chooser: VersionChooser = state.chooser
     metrics: Metrics = state.metrics
+    shadow: Shadow = state.shadow
     model, contract = route.model, route.contract
     choice = chooser.choose(model, pinned=pinned, client_key=client_key)
     started = time.perf_counter()
@@ -154,7 +159,8 @@ async def infer(
         metrics.models.failed(model, served, choice.role, time.perf_counter() - started, exc.type)
         raise
     metrics.models.answered(model, served, choice.role, time.perf_counter() - started, prediction.results)
-    return _answer({"results": results} if isinstance(texts, list) else results[0], prediction.version)
+    copy = shadow.after(client, model, texts, prediction) if choice.role != "pinned" else None
+    return _answer({"results": results} if isinstance(texts, list) else results[0], prediction.version, copy)
 
 
 def add_inference_route(router: APIRouter, route: Inference) -> None:

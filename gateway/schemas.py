@@ -209,6 +209,13 @@ class ModelInfo(BaseModel):
     canary_percent: float = Field(
         description="Share of unpinned requests sent to the canary (0 without one).", examples=[10.0]
     )
+    shadow: str | None = Field(
+        description="The shadow version, if any: it gets copies of unpinned requests, its answers discarded.",
+        examples=[None],
+    )
+    shadow_percent: float = Field(
+        description="Share of unpinned requests copied to the shadow (0 without one).", examples=[0.0]
+    )
     versions: list[VersionInfo]
 
 

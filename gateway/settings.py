@@ -205,8 +205,25 @@ class Settings(BaseSettings):
         default=1.0,
         ge=0,
         le=60,
-        description="How often the canary split file is checked for a change (one stat; re-read only when it "
-        "changed): every gateway process follows a new split within this many seconds.",
+        description="How often the store's state file (served.json: the canary split and the shadow) is checked "
+        "for a change (one stat; re-read only when it changed): every gateway process follows a new split or "
+        "shadow within this many seconds.",
+    )
+    shadow_timeout_s: Seconds = Field(
+        default=2.0,
+        description="How long a shadow copy (a copy of an unpinned request sent to the store's shadow version "
+        "after the client's answer) may wait for its answer; past it the copy is dropped and counted. Well above a "
+        "normal answer (~10-100 ms, ~1 s under heavy queueing) and far below read_timeout_s: a slow shadow holds a "
+        "pooled connection and an in-flight slot no longer than this.",
+    )
+    shadow_max_in_flight: int = Field(
+        default=8,
+        ge=1,
+        le=1_000,
+        description="Shadow copies in flight at most (per gateway process); one more is dropped and counted, never "
+        "queued. 8 is one TorchServe batch (the archives' batchSize) and an eighth of the default max_connections: "
+        "a slow or stuck shadow can take no more than that from the clients' connections. Never more than half "
+        "of max_connections is used (the rest stay the clients').",
     )
 
     replicas: list[ReplicaSettings] | None = Field(

@@ -1,4 +1,4 @@
-"""The canary split in the gateway (the real app, a fake TorchServe): the split file, the interleave, sticky client
+"""The canary split in the gateway (the real app, a fake TorchServe): the state file, the interleave, sticky client
 keys, a canary version that is gone, per-version metrics and their bounds, request ids."""
 
 from __future__ import annotations
@@ -23,6 +23,14 @@ from torchserve_protocol.store import STATE_FILE, ModelState, Share, State, Vers
 PASSAGE = {"passage": "The dog is happy."}
 
 
+def write_canary(store: Path, version: str, percent: float) -> None:
+    """A state serving cola 1.0 by default with ``version`` as its canary (sentiment: 1.0 alone)."""
+    versions = {v: VersionState(workers=1) for v in ("1.0", version)}
+    cola = ModelState(default="1.0", versions=versions, canary=Share(version=version, percent=percent))
+    sentiment = ModelState(default="1.0", versions={"1.0": VersionState(workers=1)})
+    write_state(store, State(models={"cola": cola, "sentiment": sentiment}))
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     path = tmp_path / "store"
@@ -45,19 +53,10 @@ def served(client: TestClient, n: int, headers: dict[str, str] | None = None) ->
     return versions
 
 
-def write_split(store: Path, split: dict[str, Share]) -> None:
-    """The store's state with cola 1.0 the default and ``split``'s canaries (each also a registered version)."""
-    models = {}
-    for name, canary in split.items():
-        versions = {v: VersionState(workers=1) for v in ("1.0", canary.version)}
-        models[name] = ModelState(default="1.0", versions=versions, canary=canary)
-    write_state(store, State(models=models))
-
-
 def test_the_watcher_follows_changes_and_keeps_the_last_good_split(store: Path) -> None:
     watcher = StateWatcher(store, check_s=0.0)
     assert watcher.canaries() == {}
-    write_split(store, {"cola": Share(version="2.0", percent=10)})
+    write_canary(store, "2.0", 10)
     assert watcher.canaries() == {"cola": Share(version="2.0", percent=10.0)}
     (store / STATE_FILE).write_text("{not json")
     assert watcher.canaries() == {"cola": Share(version="2.0", percent=10.0)}
@@ -69,14 +68,14 @@ def test_the_watcher_follows_changes_and_keeps_the_last_good_split(store: Path) 
 def test_unpinned_requests_split_exactly_and_pinned_ones_never(split_client: TestClient, store: Path) -> None:
     with split_client as client:
         assert served(client, 20) == Counter({"1.0": 20})
-        write_split(store, {"cola": Share(version="2.0", percent=10)})
+        write_canary(store, "2.0", 10)
         assert served(client, 200) == Counter({"1.0": 180, "2.0": 20})
         assert served(client, 30, {"X-Model-Version": "1.0"}) == Counter({"1.0": 30})
         assert client.post("/predict", json={"text": "fine"}).headers["X-Model-Version"] == "1.0"  # other model
 
 
 def test_a_client_key_is_sticky(split_client: TestClient, store: Path) -> None:
-    write_split(store, {"cola": Share(version="2.0", percent=50)})
+    write_canary(store, "2.0", 50)
     with split_client as client:
         per_key = {key: served(client, 5, {"X-Client-Key": key}) for key in [f"user-{i}" for i in range(20)]}
         assert all(len(versions) == 1 for versions in per_key.values())
@@ -86,13 +85,13 @@ def test_a_client_key_is_sticky(split_client: TestClient, store: Path) -> None:
 
 
 def test_a_canary_version_that_is_gone_sends_its_share_to_the_default(split_client: TestClient, store: Path) -> None:
-    write_split(store, {"cola": Share(version="7.0", percent=100)})
+    write_canary(store, "7.0", 100)
     with split_client as client:
         assert served(client, 5) == Counter({"1.0": 5})
 
 
 def test_metrics_are_per_version_and_role(split_client: TestClient, store: Path) -> None:
-    write_split(store, {"cola": Share(version="2.0", percent=50)})
+    write_canary(store, "2.0", 50)
     with split_client as client:
         served(client, 10)
         client.post("/generate", json=PASSAGE, headers={"X-Model-Version": "9.9"})

@@ -25,6 +25,7 @@ from gateway.fast_lane import FastLane
 from gateway.metrics import Metrics
 from gateway.routes import inference_routes
 from gateway.settings import Settings
+from gateway.shadow import Shadow
 from gateway.torchserve import TorchServeClient
 from gateway.wire import HttpxWire
 from tests.gateway.conftest import FakeTorchServe
@@ -195,7 +196,9 @@ def test_the_lane_answers_plain_requests_itself_and_passes_the_rest_with_their_b
 ) -> None:
     transport = httpx.MockTransport(upstream)
     client = TorchServeClient(settings, httpx.AsyncClient(transport=transport), wire=HttpxWire(transport))
-    state = State({"chooser": VersionChooser(StateWatcher(None)), "metrics": Metrics()})
+    watcher, metrics = StateWatcher(None), Metrics()
+    shadow = Shadow(watcher, metrics.shadow, timeout_s=1.0, max_in_flight=1)
+    state = State({"chooser": VersionChooser(watcher), "metrics": metrics, "shadow": shadow})
     behind = Recorder()
     lane = FastLane(behind, routes=inference_routes(settings), state=state)
     json_type = [(b"content-type", b"application/json")]

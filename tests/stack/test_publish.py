@@ -316,3 +316,26 @@ def test_an_older_store_gets_a_state_of_its_defaults_only(tmp_path: Path, tiny_s
     again = subprocess.run([sys.executable, "-m", "stack", "models", "--no-train", "--model-store", str(store)],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert STATE_FILE not in again.stdout  # written once
+
+
+def test_one_publish_moves_every_replica_and_a_later_one_converges_by_itself(
+    tmp_path: Path, tiny_store: Path, incoming: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two TorchServes following one store (as compose's replicas do); publish finds both reports through the
+    {ip} wildcard of INFERENCE_KEY_FILE, returns only once both serve the new default, and a third replica started
+    afterwards serves the same state from its first request."""
+    store = base_store(tmp_path, tiny_store)
+    monkeypatch.setenv("INFERENCE_KEY_FILE", str(tmp_path / "{ip}" / "torchserve" / "inference_key.json"))
+    with (
+        private_torchserve(store, tmp_path / "a", follow=True) as first,
+        private_torchserve(store, tmp_path / "b", follow=True) as second,
+    ):
+        both = Stack(store=store, run_dir=tmp_path / "a", incoming=incoming, ts=first)
+        stage_v2(both)
+        assert both.publish("register", "cola-2.0.mar") == 0
+        assert both.publish("set-default", "cola", "2.0", "--force") == 0
+        assert [management_client(ts).default_version("cola") for ts in (first, second)] == ["2.0", "2.0"]
+        with private_torchserve(store, tmp_path / "c", follow=True) as third:
+            versions = sorted(v["modelVersion"] for v in management_client(third).versions("cola"))
+            assert (versions, management_client(third).default_version("cola")) == (["1.0", "2.0"], "2.0")
+            assert both.publish("list") == 0

@@ -11,7 +11,7 @@ STAMP      := $(VENV)/.installed
 REQS       := requirements/torch.txt requirements/runtime.txt requirements/dev.txt
 #: the datasets: training, the tests' real-data checks, bench, soak
 export DATA_DIR    ?= $(abspath data)
-#: the model store: versioned .mar archives, defaults.json, canary.json
+#: the model store: versioned .mar archives and served.json (what is served)
 export MODEL_STORE ?= $(abspath model_store)
 #: the local stack's state: pid files, logs, TorchServe's key file
 export RUN_DIR     ?= $(abspath run)

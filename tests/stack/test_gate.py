@@ -15,6 +15,7 @@ import pytest
 
 from stack.gate import GateRefusal, Quality, Skipped, batches, check, check_recorded, recorded_quality, served_quality
 from stack.torchserve import TorchServe
+from tests.conftest import serve_versions
 from tests.gateway.server import private_torchserve
 from tests.tiny_models import COLA_LABELS, make_tiny_classifier
 from training.train import main as train
@@ -82,6 +83,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator
     assert train([*args, "2.0", "--output", str(root / "run"), "--model-store", str(store), *TRAIN]) == 0
     good = store / "cola-2.0.mar"
     broken = rewrite(good, store / "cola-3.0.mar", {"config.json": swap_labels, **versioned("3.0")})
+    serve_versions(store, {"cola": ("2.0", ["2.0", "3.0"])})  # both registered, as `publish register` would
     with private_torchserve(store, root / "ts") as ts:
         yield Served(good, broken, ts, data_dir, root)
 

@@ -25,5 +25,5 @@ def test_unset_or_empty_adds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_an_unbalanced_quote_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAIN_ARGS", "--output '/tmp/a")
-    with pytest.raises(StackError, match="^TRAIN_ARGS: No closing quotation$"):
+    with pytest.raises(StackError, match=r"^TRAIN_ARGS: No closing quotation$"):
         extra_flags()

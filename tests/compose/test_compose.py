@@ -57,7 +57,7 @@ def inspect(container: str) -> dict[str, object]:
 
 def served_state(compose: Compose) -> dict[str, dict[str, object]]:
     """The store's served.json, read on the host: ``{"cola": {"default": ..., "versions": {...}}, ...}``."""
-    return json.loads((compose.store / "served.json").read_text())["models"]  # type: ignore[no-any-return]
+    return json.loads((compose.store / "served.json").read_text())["models"]
 
 
 def replicas_serving(compose: Compose) -> list[str]:

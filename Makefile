@@ -151,7 +151,7 @@ test-slow: venv peer java  ## the long tier kept out of `make test` (bigger fuzz
 # Elsewhere the tier uses the running engine and the Dockerfile's defaults (python image, PyTorch CPU index).
 #: the script `make test-compose` starts a Docker engine with, where it exists
 ENGINE_UP ?= ../shared/docker/engine-up.sh
-test-compose: venv  ## the compose tier: build, up, the README's curls, publish, scale, kill a replica, down (real engine)
+test-compose: venv  ## the compose tier: build, up on an empty store (trains a few rows), the README's curls, publish, scale, kill a replica, down (real engine)
 	@if [ -x $(ENGINE_UP) ]; then $(ENGINE_UP) && $(PY) -m pip download --quiet --no-deps -d .wheels -r requirements/torch.txt; fi
 	@# one scenario in the README's order (publish, then scale, then kill a replica): not shuffled by pytest-randomly
 	$(PY) -m pytest -m compose tests/compose -s --timeout=2400 -p no:randomly

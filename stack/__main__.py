@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -108,14 +109,26 @@ def training_plan(tasks: Sequence[str]) -> str:
     """One line: what will be trained on which base, and how long that took on the reference 2-core CPU."""
     from training.tasks import get_task  # imported only when there is something to train
 
-    parts, total = [], 0.0
+    parts, bases, total = [], [], 0.0
     for name in tasks:
         task = get_task(name)
         base = os.environ.get("BASE_MODEL") or task.base_model
         minutes = task.recipe(base).minutes
         total += minutes or 0
+        bases.append(f"{name} on {base}")
         parts.append(f"{name} on {base} (~{minutes:.0f} min)" if minutes else f"{name} on {base}")
+    if extra_flags():  # flags of the user's: the recipe's time no longer applies
+        return f"training {', '.join(bases)} with TRAIN_ARGS={shlex.join(extra_flags())}"
     return f"training {', '.join(parts)}: about {total:.0f} minutes on a 2-core CPU (docs/training.md)"
+
+
+def extra_flags() -> list[str]:
+    """``$TRAIN_ARGS`` split as a shell would: flags appended to each ``python -m training.train`` of a missing default
+    model (``--max-train-rows 64 --epochs 1`` for a smoke run; the flags: docs/configuration.md)."""
+    try:
+        return shlex.split(os.environ.get("TRAIN_ARGS", ""))
+    except ValueError as exc:
+        raise StackError(f"TRAIN_ARGS: {exc}") from None
 
 
 def ensure_models(store: Path, *, train: bool) -> None:
@@ -133,7 +146,7 @@ def ensure_models(store: Path, *, train: bool) -> None:
     print(f"[stack] {store} has no {' or '.join(missing)} model: {training_plan(missing)}", flush=True)
     for task in missing:
         print(f"[stack] training the default {task} model (progress with ETA below)", flush=True)
-        cmd = [sys.executable, "-m", "training.train", "--task", task, "--model-store", str(store)]
+        cmd = [sys.executable, "-m", "training.train", "--task", task, "--model-store", str(store), *extra_flags()]
         if subprocess.run(cmd, cwd=REPO, check=False).returncode != 0:
             raise StackError(f"training {task} failed; see the output above")
 

@@ -34,7 +34,7 @@ MAKEFILE = REPO / "Makefile"
 ENV_IN_HELP = re.compile(r"(?:\benv |\$)([A-Z][A-Z0-9_]+)")  # "(env NAME)" or "$NAME" in a flag's help
 MAKE_VARIABLE = re.compile(r"^(?:export\s+)?([A-Z][A-Z0-9_]*)\s*\?=\s*(.*)$")
 VARIABLES = ("MODEL_STORE", "RUN_DIR", "TS_HOST", "TS_PORTS", "GATEWAY_HOST", "GATEWAY_PORT", "INFERENCE_KEY_FILE",
-             "KEY_FILE", "MANAGEMENT_URL", "INFERENCE_URL", "DATA_DIR", "BASE_MODEL")  # fmt: skip
+             "KEY_FILE", "MANAGEMENT_URL", "INFERENCE_URL", "DATA_DIR", "BASE_MODEL", "TRAIN_ARGS")  # fmt: skip
 TRAINING_VARIABLES = [
     "## Training the missing default models",
     "",
@@ -46,6 +46,9 @@ TRAINING_VARIABLES = [
     "| `BASE_MODEL` | unset | the base model every task trains on (`mpnet`, `minilm`, a hub id or a folder); unset: "
     "each task's default ({defaults}). `make serve BASE_MODEL=minilm` is the fast path |",
     "| `BASE_MODEL_CACHE` | `~/.cache/bert-serving` | where the MPNet parts are joined and verified on first use |",
+    "| `TRAIN_ARGS` | unset | flags appended to each of these training runs, split as a shell would (the flags: the "
+    "next section); e.g. `--max-train-rows 64 --max-eval-rows 64 --epochs 1` for a smoke run. docker compose passes "
+    "it to the `models` service; the compose tier trains its defaults so |",
     "",
 ]
 

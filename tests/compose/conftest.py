@@ -1,10 +1,13 @@
 """The compose tier (`make test-compose`): the real images, built and run by a real Docker engine.
 
-One compose project per session (``COMPOSE_PROJECT_NAME=bert-serving-tier``), serving tiny random models from a
-model store in a temporary folder (``MODEL_STORE_DIR``), published on a loopback port the engine picks
+One compose project per session (``COMPOSE_PROJECT_NAME=bert-serving-tier``) on an EMPTY model store in a temporary
+folder (``MODEL_STORE_DIR``): the first ``up`` trains the default models through the `models` service, exactly as a
+user's first ``docker compose up``, on a few rows (``TRAIN_ARGS``, the launcher's setting) of the fastest offline base
+(``BASE_MODEL``, :data:`TIER_BASE_MODEL`). The gateway is published on a loopback port the engine picks
 (``GATEWAY_PORT=0``, read back with ``docker compose port``: no port is chosen here and bound later by someone else);
 ``down -v`` removes every container and volume at the end, even when a test failed. The commands the tests run are
-the README's and docs/deployment.md's own (``COMMANDS``; test_compose.py checks they appear there verbatim).
+the README's and docs/deployment.md's own (``COMMANDS``; tests/docs/test_compose_commands.py checks they appear
+there verbatim).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import httpx
 import pytest
 
 from torchserve_protocol.layout import REPO
-from training.package import package
 
 PROJECT = "bert-serving-tier"
 APP_UID = 10001  # the TorchServe and training user of the images
@@ -29,13 +31,21 @@ APP_UID = 10001  # the TorchServe and training user of the images
 # the defaults of the Dockerfile (the public python image, the PyTorch CPU index) apply.
 LOCAL_PYTHON_IMAGE = "local/python:3.11-slim-bookworm"
 WHEELS = ".wheels"
+# A few rows, one epoch: the training path of a first `up` (fine-tune, evaluate, int8 check, calibrate, package with a
+# real metrics.json) in seconds. The same flags train cola 2.0 with `docker compose run --rm train`.
+FEW_ROWS = "--max-train-rows 64 --max-eval-rows 64 --epochs 1"
+# The base the tier trains on. Measured on this project's 2-core machine (2026-12-07, outside Docker, the same
+# flags): mpnet, the default, 148 s for cola alone (2.9 GB resident); minilm 35 s (1.9 GB). Three trainings of MPNet
+# and two MPNet replicas under load would take most of the tier's time: minilm, the same code path, is used unless
+# BASE_MODEL says otherwise (the real-size tier serves MPNet-size archives).
+TIER_BASE_MODEL = "minilm"
 
 
 @dataclass
 class Compose:
     env: dict[str, str]
     store: Path
-    spare: Path | None = None  # cola-2.0.mar, the version the tier publishes (instead of training one)
+    spare: Path | None = None  # a ready cola-2.0.mar to copy in (the real-size tier), instead of training one
     published: int | None = None  # the gateway's host port, once the engine has chosen it
 
     @property
@@ -96,19 +106,19 @@ def engine() -> None:
 
 
 @pytest.fixture(scope="session")
-def compose(engine: None, tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Iterator[Compose]:
-    """The stack's environment: tiny cola-1.0 and sentiment-1.0 in a store owned by the images' user."""
+def compose(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
+    """The stack's environment: an empty store owned by the images' user; the first `up` trains into it."""
     store = tmp_path_factory.mktemp("compose-store")
-    for name, model_dir in tiny_models.items():
-        package(model_dir, name=name, store=store, version="1.0")
-    spare = package(tiny_models["cola"], name="cola", store=tmp_path_factory.mktemp("next"), version="2.0")
-    env = dict(os.environ, COMPOSE_PROJECT_NAME=PROJECT, MODEL_STORE_DIR=str(store), GATEWAY_PORT="0")
+    env = dict(
+        os.environ, COMPOSE_PROJECT_NAME=PROJECT, MODEL_STORE_DIR=str(store), GATEWAY_PORT="0", TRAIN_ARGS=FEW_ROWS,
+        BASE_MODEL=os.environ.get("BASE_MODEL") or TIER_BASE_MODEL,
+    )  # fmt: skip
     local_image = subprocess.run(["docker", "image", "inspect", LOCAL_PYTHON_IMAGE], capture_output=True)
     if local_image.returncode == 0 and "PYTHON_IMAGE" not in os.environ:
         env["PYTHON_IMAGE"] = LOCAL_PYTHON_IMAGE
     if (REPO / WHEELS).is_dir() and "TORCH_WHEELS" not in os.environ:
         env["TORCH_WHEELS"] = WHEELS
-    stack = Compose(env=env, store=store, spare=spare)
+    stack = Compose(env=env, store=store)
     store.chmod(0o755)  # as a user's folder usually is (pytest makes 0700 ones)
     stack.chown_store(APP_UID)
     try:

@@ -1,5 +1,7 @@
-"""docker compose for real: build, up, the README's curls, least privilege, publishing a version through the
-documented compose flow (a store that refuses the write changes nothing), two TorchServe replicas, one killed, down.
+"""docker compose for real: up on an empty store (the `models` service trains the defaults), the README's curls,
+least privilege, a version trained with `docker compose run --rm train` (inert until registered), published with one
+command through any replica (a store that refuses the write changes nothing), two TorchServe replicas that follow
+the store's served.json, a publish under load that moves both, one replica killed and one added back, down.
 
 The tests run in file order on one stack (tests/compose/conftest.py), each a step of how the product is used.
 """
@@ -8,25 +10,40 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import threading
 import time
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.compose.commands import DOWN, GENERATE, PREDICT, REGISTER, SCALE, SET_DEFAULT, UP
-from tests.compose.conftest import APP_UID, PROJECT, Compose, ready_replicas, wait_for
+from tests.compose.commands import (
+    DOWN,
+    GENERATE,
+    LIST,
+    PREDICT,
+    PUBLISH,
+    REGISTER,
+    ROLLBACK,
+    SCALE,
+    SET_DEFAULT,
+    TRAIN,
+    UP,
+)
+from tests.compose.conftest import APP_UID, FEW_ROWS, PROJECT, Compose, ready_replicas, wait_for
 
 pytestmark = pytest.mark.compose
 
 TIMINGS: dict[str, float] = {}
+PUBLISH_S = 30  # one publish under load returns, every replica moved, within this (docs/deployment.md)
+SERVES = re.compile(r"^replica (\S+): serves the state$", re.M)
 
 
-def generate(compose: Compose, passage: str = "I are a boy") -> httpx.Response:
-    return httpx.post(compose.url("/generate"), json={"passage": passage}, timeout=30)
+def generate(compose: Compose, passage: str = "I are a boy", **headers: str) -> httpx.Response:
+    return httpx.post(compose.url("/generate"), json={"passage": passage}, headers=headers, timeout=30)
 
 
 def served_versions(compose: Compose, n: int) -> set[str]:
@@ -38,16 +55,46 @@ def inspect(container: str) -> dict[str, object]:
     return json.loads(out)[0]  # type: ignore[no-any-return]
 
 
-def test_up_builds_and_waits_until_healthy(compose: Compose) -> None:
+def served_state(compose: Compose) -> dict[str, dict[str, object]]:
+    """The store's served.json, read on the host: ``{"cola": {"default": ..., "versions": {...}}, ...}``."""
+    return json.loads((compose.store / "served.json").read_text())["models"]
+
+
+def replicas_serving(compose: Compose) -> list[str]:
+    """The replicas `publish list` reports as serving the state exactly (one line each)."""
+    return SERVES.findall(compose.run(LIST, check=False).stdout)
+
+
+def seconds_ran(container: str) -> float:
+    """How long a container that has exited ran (the engine's own start and finish times, to the microsecond)."""
+    state = inspect(container)["State"]
+    started, finished = (datetime.fromisoformat(state[k][:26] + "+00:00") for k in ("StartedAt", "FinishedAt"))  # type: ignore[index]
+    return (finished - started).total_seconds()
+
+
+def test_up_on_an_empty_store_trains_the_defaults_and_waits_until_healthy(compose: Compose) -> None:
+    assert list(compose.store.iterdir()) == []
     started = time.monotonic()
-    compose.run(UP, timeout=1800)
-    TIMINGS["up (build, start, healthy)"] = time.monotonic() - started
-    print(f"\n[compose tier] `{UP}`: {TIMINGS['up (build, start, healthy)']:.0f}s")
+    compose.run(UP, timeout=2400)
+    TIMINGS["up on an empty store (build, train both, start, healthy)"] = time.monotonic() - started
     for service in ("torchserve", "gateway"):
         (container,) = compose.container_ids(service)
         assert inspect(container)["State"]["Health"]["Status"] == "healthy"  # type: ignore[index]
     (models,) = compose.run("docker compose ps -a -q models").stdout.split()
     assert inspect(models)["State"]["ExitCode"] == 0  # type: ignore[index]
+    TIMINGS["models: training cola and sentiment"] = seconds_ran(models)
+    log = compose.run(f"docker logs {models}").stdout
+    assert f"with TRAIN_ARGS={FEW_ROWS}" in log  # the setting reached the launcher's training runs
+    assert {p.name for p in compose.store.glob("*.mar")} == {"cola-1.0.mar", "sentiment-1.0.mar"}
+    state = served_state(compose)
+    assert {name: model["default"] for name, model in state.items()} == {"cola": "1.0", "sentiment": "1.0"}
+    up, models_s = (
+        TIMINGS["up on an empty store (build, train both, start, healthy)"],
+        TIMINGS["models: training cola and sentiment"],
+    )
+    print(
+        f"\n[compose tier] `{UP}` on an empty store: {up:.0f}s, of which the models service (training) {models_s:.0f}s"
+    )
 
 
 def test_readme_curls_answer_the_legacy_contracts(compose: Compose) -> None:
@@ -84,7 +131,7 @@ def test_gateway_holds_the_inference_key_and_nothing_else(compose: Compose) -> N
     store = compose.run(
         "docker compose exec gateway sh -c 'ls /app/model_store && touch /app/model_store/x'", check=False
     )
-    assert ".mar" in store.stdout  # the store is readable (canary.json, GET /models) ...
+    assert "served.json" in store.stdout  # the store is readable (the canary and shadow shares, GET /models) ...
     assert store.returncode != 0  # ... and read only
     probe = (
         "import glob, json, urllib.request, urllib.error\n"
@@ -129,34 +176,65 @@ def test_torchserve_user_can_write_only_the_store_and_its_own_state(compose: Com
     assert writable == {"/app/model_store", "/tmp", "/run/ts", "/run/keys"}
 
 
+def test_a_trained_version_is_inert_until_registered(compose: Compose) -> None:
+    """`docker compose run --rm train` packages cola-2.0.mar into the store; neither a restart nor a new look at the
+    store serves it: it is not in served.json."""
+    started = time.monotonic()
+    compose.run(f"{TRAIN} {FEW_ROWS}", timeout=1200)
+    TIMINGS["train cola 2.0 (docker compose run --rm train)"] = time.monotonic() - started
+    assert (compose.store / "cola-2.0.mar").is_file()
+    compose.run("docker compose restart torchserve", timeout=300)
+    wait_for(lambda: len(replicas_serving(compose)) == 1, timeout=300, what="the restarted replica serving the state")
+    wait_for(lambda: ready_replicas(compose) == 1, timeout=120, what="the gateway's replica ready again")
+    listed = compose.run(LIST).stdout
+    assert re.search(r"^cola +1\.0 .* default", listed, re.M), listed
+    assert not re.search(r"^cola +2\.0 ", listed, re.M), listed
+    assert served_versions(compose, 10) == {"1.0"}
+    pinned = generate(compose, **{"X-Model-Version": "2.0"})
+    assert pinned.status_code == 404, pinned.text
+    assert "2.0" not in served_state(compose)["cola"]["versions"]  # type: ignore[operator]
+
+
 def test_publish_through_compose_refuses_an_unwritable_store_before_touching_torchserve(compose: Compose) -> None:
-    store = compose.store
-    assert compose.spare is not None
-    shutil.copy(compose.spare, store / "cola-2.0.mar")  # in place of `docker compose run --rm train --task cola`
-    compose.chown_store(APP_UID)
-    compose.run(REGISTER)
+    """One `docker compose exec torchserve ...` per publish. A store the CLI cannot write refuses with one line and
+    nothing moves; writable again, the gate measures 2.0 (its real metrics.json, its served answers) and lets it in."""
+    registered = compose.run(REGISTER)
+    assert "registered cola 2.0: READY on 1 replica(s) (default stays 1.0" in registered.stdout, registered.stdout
+    before = (compose.store / "served.json").read_bytes()
     compose.chown_store(0)  # the store belongs to the host user, as a bind mount usually does
-    refused = compose.run(SET_DEFAULT, check=False)
-    assert refused.returncode != 0
+    try:
+        refused = compose.run(SET_DEFAULT, check=False)
+    finally:
+        compose.chown_store(APP_UID)
+    assert refused.returncode == 1
     errors = [line for line in refused.stderr.splitlines() if line.strip()]
     assert len(errors) == 1, refused.stderr
-    assert errors[0].startswith("publish: error: cannot write /app/model_store/defaults.json")
-    assert not (store / "defaults.json").exists()
+    assert errors[0].startswith("publish: error: cannot lock /app/model_store/served.json (Permission denied"), errors
+    assert (compose.store / "served.json").read_bytes() == before
     assert served_versions(compose, 10) == {"1.0"}  # TorchServe's default did not move
 
-    compose.chown_store(APP_UID)
-    compose.run(SET_DEFAULT)
-    assert json.loads((store / "defaults.json").read_text())["cola"]["default"] == "2.0"
+    switched = compose.run(SET_DEFAULT)
+    gate = next(line for line in switched.stdout.splitlines() if line.startswith("gate: "))
+    print(f"\n[compose tier] {gate}")
+    assert re.fullmatch(r"gate: cola 2\.0 mcc recorded -?[\d.]+, served -?[\d.]+", gate), gate
+    assert "passed only by --force" not in switched.stderr
+    assert "cola: default 1.0 -> 2.0 on 1 replica(s)" in switched.stdout
+    assert served_state(compose)["cola"]["default"] == "2.0"
     assert served_versions(compose, 10) == {"2.0"}
 
 
-def test_two_replicas_both_answer_with_the_published_default(compose: Compose) -> None:
+def test_two_replicas_both_serve_the_state(compose: Compose) -> None:
+    """The second replica starts after the publish: it applies served.json (both cola versions, 2.0 the default)
+    with no publish run in it; `publish list` in either replica shows both serving the state."""
     started = time.monotonic()
     compose.run(SCALE, timeout=600)
-    wait_for(lambda: ready_replicas(compose) == 2, timeout=60, what="2 ready replicas behind the gateway")
+    wait_for(lambda: ready_replicas(compose) == 2, timeout=120, what="2 ready replicas behind the gateway")
     TIMINGS["scale to 2 (healthy, discovered)"] = time.monotonic() - started
+    wait_for(lambda: len(replicas_serving(compose)) == 2, timeout=60, what="2 replicas serving the state")
+    second = compose.run(LIST.replace("exec torchserve", "exec --index 2 torchserve")).stdout
+    assert len(SERVES.findall(second)) == 2, second
     before = [_requests_served(compose, i) for i in (1, 2)]
-    assert served_versions(compose, 40) == {"2.0"}  # the new replica applied defaults.json from the store
+    assert served_versions(compose, 40) == {"2.0"}
     after = [_requests_served(compose, i) for i in (1, 2)]
     assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
 
@@ -167,6 +245,73 @@ def _requests_served(compose: Compose, index: int) -> float:
         "\"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8082/metrics').read().decode())\""
     ).stdout
     return sum(float(m) for m in re.findall(r"^ts_inference_requests_total\{[^}]*\} (\S+)$", metrics, re.M))
+
+
+@dataclass
+class Traffic:
+    """Client threads posting unpinned /generate requests through the gateway until stopped; each answer is kept
+    with the moment its request was sent."""
+
+    compose: Compose
+    threads: int = 4
+    answers: list[tuple[float, int, str]] = field(default_factory=list)  # (sent, status, X-Model-Version)
+    stop: threading.Event = field(default_factory=threading.Event)
+    running: list[threading.Thread] = field(default_factory=list)
+
+    def _send(self, n: int) -> None:
+        with httpx.Client(base_url=self.compose.url(""), timeout=30) as client:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                sent = time.monotonic()
+                try:
+                    answer = client.post("/generate", json={"passage": f"load {n} {i}"})
+                    status, version = answer.status_code, answer.headers.get("X-Model-Version", "")
+                except httpx.HTTPError:
+                    status, version = 0, ""
+                self.answers.append((sent, status, version))
+
+    def __enter__(self) -> Traffic:
+        for n in range(self.threads):
+            thread = threading.Thread(target=self._send, args=(n,), daemon=True)
+            thread.start()
+            self.running.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.running:
+            thread.join(timeout=60)
+
+    def failed(self) -> list[tuple[float, int, str]]:
+        return [a for a in list(self.answers) if a[1] != 200]
+
+    def versions_sent_after(self, moment: float) -> set[str]:
+        return {version for sent, _, version in list(self.answers) if sent > moment}
+
+
+def test_one_publish_under_load_moves_both_replicas(compose: Compose) -> None:
+    """Under client traffic, one `rollback` and one `set-default` (gated), each run once in one replica: each
+    returns when both replicas serve it, within PUBLISH_S, and every request sent after it returned gets the new
+    default. No request fails."""
+    with Traffic(compose) as traffic:
+        wait_for(lambda: len(traffic.answers) >= 20, timeout=60, what="20 answers before the publish")
+        for command, version in ((ROLLBACK, "1.0"), (SET_DEFAULT, "2.0")):
+            started = time.monotonic()
+            done = compose.run(command, timeout=300)
+            returned = time.monotonic()
+            TIMINGS[f"{command.removeprefix(PUBLISH)} under load, 2 replicas"] = returned - started
+            assert returned - started < PUBLISH_S, (command, returned - started)
+            assert "on 2 replica(s)" in done.stdout, done.stdout
+            wait_for(lambda r=returned: sum(s > r for s, _, _ in list(traffic.answers)) >= 20, timeout=60,
+                     what=f"20 answers after {command}")  # fmt: skip
+            assert traffic.versions_sent_after(returned) == {version}, (command, traffic.versions_sent_after(returned))
+            assert len(replicas_serving(compose)) == 2
+    assert traffic.failed() == [], traffic.failed()[:5]
+    print(
+        f"\n[compose tier] {len(traffic.answers)} requests under load, 0 failed; publish times: "
+        f"{ {k: round(v, 1) for k, v in TIMINGS.items() if 'under load' in k} }"
+    )
 
 
 def test_gateway_keeps_answering_when_one_torchserve_is_killed(compose: Compose) -> None:
@@ -198,6 +343,15 @@ def test_gateway_keeps_answering_when_one_torchserve_is_killed(compose: Compose)
     after_kill = [status for after, status in results if after]
     assert after_kill == [200] * len(after_kill)
     assert inspect(first)["State"]["Running"] is True  # type: ignore[index]
+
+
+def test_a_replica_added_after_the_kill_converges_by_itself(compose: Compose) -> None:
+    """`up --scale torchserve=2` after the kill starts a TorchServe from nothing (its tmpfs is empty): it applies
+    served.json as it is now (cola 1.0 and 2.0, 2.0 the default) with no publish run anywhere."""
+    compose.run(SCALE, timeout=600)
+    wait_for(lambda: len(replicas_serving(compose)) == 2, timeout=300, what="2 replicas serving the state again")
+    wait_for(lambda: ready_replicas(compose) == 2, timeout=120, what="2 ready replicas behind the gateway")
+    assert served_versions(compose, 20) == {"2.0"}
 
 
 def test_down_leaves_nothing_running_or_listening(compose: Compose) -> None:

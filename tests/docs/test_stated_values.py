@@ -321,6 +321,11 @@ DEPLOYMENT = [
         "every request sent after it died ({} or more)",
         int(sources.found("tests/compose/test_compose.py", r"in results\) >= (\d+)")),
     ),
+    stated(
+        "docs/deployment.md",
+        "`rollback` and `set-default` each return within {} s with both replicas moved",
+        sources.constant("tests/compose/test_compose.py", "PUBLISH_S"),
+    ),
 ]
 
 SOAK = sources.found("docs/reliability.md", r"<!-- soak:begin -->\nSoak: .*?\((\d{4}-\d\d-\d\d [\d:]+ UTC)\)")

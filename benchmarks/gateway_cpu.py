@@ -5,11 +5,12 @@ answered.
     .venv/bin/python -m benchmarks.gateway_cpu --inference-url http://127.0.0.1:8080 \\
         --management-url http://127.0.0.1:8081 --key-file run/torchserve/key_file.json [--seconds 10 --runs 3]
     .venv/bin/python -m benchmarks.gateway_cpu --stand-in --tree /tmp/before --tree . --runs 6
+    .venv/bin/python -m benchmarks.gateway_cpu ... --tree /tmp/before --tree . --connections 8 --connections 32
 
 Against ``make start``'s TorchServe the defaults fit. ``--stand-in`` puts :mod:`benchmarks.stand_in` behind the
 gateway instead (the model costs nothing, the machine is left to the gateway). Each ``--tree`` is a checkout whose
 gateway is measured (default: this one); with several, their runs alternate, so that the load of a shared machine
-falls on all of them alike.
+falls on all of them alike. Each ``--connections`` value (repeatable) is measured in every run, for every tree.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", REPO / "data")))
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--connections", type=int, action="append", help="wrk connections (repeat; default 32)")
     args = parser.parse_args()
     trees = [path.resolve() for path in args.tree or [REPO]]
+    clients = args.connections or [32]
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ)
         if args.stand_in:
@@ -76,20 +78,24 @@ def main() -> int:
                 started(cmd, cwd=where, env={**env, "PYTHONPATH": str(where)}, ready_url=f"{url}/health")
             )
             procs[where] = tree(gateway)
-            run_wrk(f"{url}/generate", bodies, connections=args.connections, seconds=2)  # warm-up
-        per_request: dict[Path, list[float]] = {where: [] for where in trees}
+            run_wrk(f"{url}/generate", bodies, connections=max(clients), seconds=2)  # warm-up
+        cells: dict[tuple[Path, int], list[tuple[float, float, float, float]]] = {}
         for _ in range(args.runs):
-            for where in trees:
-                wait_idle(procs[where])
-                before = cpu_seconds(procs[where])
-                result = run_wrk(f"{urls[where]}/generate", bodies, connections=args.connections, seconds=args.seconds)
-                ms = (cpu_seconds(procs[where]) - before) / max(result.requests, 1) * 1000
-                per_request[where].append(ms)
-                latency = f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, errors {result.errors}"
-                print(f"{where}: gateway CPU {ms:.3f} ms/request, {result.rps:.0f} requests/s, {latency}", flush=True)
-    for where, values in per_request.items():
-        runs = ", ".join(f"{ms:.3f}" for ms in values)
-        print(f"median gateway CPU per /generate, {where}: {statistics.median(values):.3f} ms ({runs})")
+            for c in clients:
+                for where in trees:
+                    wait_idle(procs[where])
+                    before = cpu_seconds(procs[where])
+                    result = run_wrk(f"{urls[where]}/generate", bodies, connections=c, seconds=args.seconds)
+                    ms = (cpu_seconds(procs[where]) - before) / max(result.requests, 1) * 1000
+                    cells.setdefault((where, c), []).append((ms, result.rps, result.p50_ms, result.p99_ms))
+                    latency = f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, errors {result.errors}"
+                    print(f"{where} c={c}: gateway CPU {ms:.3f} ms/request, {result.rps:.0f} requests/s, {latency}",
+                          flush=True)  # fmt: skip
+    for (where, c), values in cells.items():
+        ms, rps, p50, p99 = (statistics.median(column) for column in zip(*values, strict=True))
+        runs = ", ".join(f"{v[0]:.3f}" for v in values)
+        print(f"median /generate, {where}, {c} clients: {rps:.1f} requests/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+              f"gateway CPU {ms:.3f} ms/request ({runs})")  # fmt: skip
     return 0
 
 

@@ -33,9 +33,9 @@ def candidates(port: int, extra: Path) -> dict[str, list[str]]:
     py = sys.executable
     uv = [py, "-m", "uvicorn", "--factory", APP, "--port", str(port), "--loop", "uvloop", "--no-access-log"]
     return {
-        "uvicorn + httptools (before)": [*uv, "--http", "httptools"],
+        "uvicorn + httptools": [*uv, "--http", "httptools"],
         "uvicorn + h11": [*uv, "--http", "h11"],
-        "uvicorn + bounded httptools (python -m gateway)": [py, "-m", "gateway", "--port", str(port)],
+        "python -m gateway (uvicorn + h11, its options)": [py, "-m", "gateway", "--port", str(port)],
         "granian (Rust, asgi)": [
             str(extra / "bin" / "granian"), "--interface", "asgi", "--factory", "--port", str(port), "--loop",
             "uvloop", "--no-access-log", "--http", "1", APP,
@@ -87,6 +87,9 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{args.extra}", "GATEWAY_KEY_FILE": "/nonexistent/key_file.json"}
     print("| server | never-ending header | CPU per request | requests/s |\n|---|---|---:|---:|")
     for name, cmd in candidates(free_ports(1)[0], args.extra).items():
+        if cmd[0].startswith(str(args.extra)) and not Path(cmd[0]).exists():
+            print(f"| {name} | (not installed in {args.extra}) | | |", flush=True)
+            continue
         port = int(cmd[cmd.index("--port") + 1]) if "--port" in cmd else int(cmd[cmd.index("--bind") + 1][10:])
         process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                    start_new_session=True)  # fmt: skip

@@ -26,7 +26,6 @@ import httpx
 import psutil
 
 from benchmarks.load import cola_sentences, review_texts
-from gateway.aiohttp_transport import AiohttpTransport
 from stack import doc_sections
 from torchserve_protocol.layout import REPO
 from training.tasks import default_data_dir
@@ -85,8 +84,7 @@ class Soak:
 
     async def run(self) -> None:
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        transport = AiohttpTransport(limits=limits)  # the client shares the 2 cores: keep its CPU per request low
-        async with httpx.AsyncClient(base_url=self.url, timeout=60, limits=limits, transport=transport) as client:
+        async with httpx.AsyncClient(base_url=self.url, timeout=60, limits=limits) as client:
             t0 = time.monotonic()
             tasks = []
             sampler = asyncio.create_task(self.sample_memory())

@@ -1,7 +1,7 @@
 """``python -m gateway [--host H] [--port P] [--workers N]``: serve the gateway with the production uvicorn options.
 
-uvicorn with uvloop and the gateway's bounded httptools protocol (:mod:`gateway.http_server`: header, connection
-and keep-alive limits), no access log, no server header, 10 s graceful shutdown.
+Stock uvicorn with uvloop and its h11 implementation (:mod:`gateway.server`: the head's size, keep-alive and
+concurrency bounds from the settings), no access log, no server header, 10 s graceful shutdown.
 
 Settings come from ``GATEWAY_*`` environment variables (docs/configuration.md); a bad value stops start-up.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from uvicorn.config import LOGGING_CONFIG
 
-from gateway import http_server
+from gateway import server
 from gateway.settings import SettingsError, load_settings
 
 
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig()
         logging.getLogger("gateway").critical("%s", exc)
         return 2
-    http_server.run(
+    server.run(
         "gateway.app:create_app",
         host=args.host,
         port=args.port,

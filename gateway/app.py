@@ -1,10 +1,9 @@
 """The app factory. ``uvicorn --factory gateway.app:create_app`` calls :func:`create_app` with no argument, which reads
 the settings from the environment; tests pass settings and a fake upstream transport.
 
-The lifespan owns the connections to TorchServe: the gateway's own pool for the inference and readiness calls
-(:class:`~gateway.upstream_pool.UpstreamPool`) and one :class:`httpx.AsyncClient` for the calls with query parameters
-(explicit timeouts and limits, each); it hands the :class:`~gateway.torchserve.TorchServeClient` to requests through
-the lifespan state (``request.state.torchserve``).
+The lifespan owns the one :class:`httpx.AsyncClient` to TorchServe (httpx's default transport, explicit timeouts and
+pool limits) and hands the :class:`~gateway.torchserve.TorchServeClient` built on it to requests through the lifespan
+state (``request.state.torchserve``).
 """
 
 from __future__ import annotations
@@ -20,20 +19,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.aiohttp_transport import AiohttpTransport
 from gateway.canary import StateWatcher, VersionChooser
 from gateway.catalogue import Catalogue
 from gateway.errors import GatewayError, handle_error
-from gateway.fast_lane import FastLane
 from gateway.metrics import Metrics
 from gateway.middleware import DOCS_ASSETS, BodyLimit, GatewayMiddleware
 from gateway.replicas import Resolve, resolve_all
-from gateway.routes import add_routes, inference_routes
+from gateway.routes import add_routes
 from gateway.settings import Settings, load_settings
 from gateway.shadow import Shadow
 from gateway.torchserve import TorchServeClient
-from gateway.upstream_pool import UpstreamPool
-from gateway.wire import HttpxWire
 
 log = logging.getLogger("gateway")
 
@@ -43,19 +38,19 @@ def pool_limits(settings: Settings) -> httpx.Limits:
 
 
 def http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """The httpx client to TorchServe (the calls with query parameters; its timeouts configure the wire's calls too):
-    explicit timeouts, bounded pool, no proxies from the environment."""
+    """The one httpx client to TorchServe: explicit timeouts, a bounded pool, no proxies from the environment;
+    ``transport`` unset: httpx's default (tests: ``httpx.MockTransport``)."""
     limits = pool_limits(settings)
     timeout = httpx.Timeout(
         connect=settings.connect_timeout_s,
         read=settings.read_timeout_s,
-        # no setting of its own: the gateway's pool writes each request in one call into the socket's buffer, and
-        # the read timeout bounds the whole exchange (GATEWAY_WRITE_TIMEOUT_S was documented but read by no call)
+        # no setting of its own: a body (at most 1 MB) goes to the socket's buffer at once, and the read timeout
+        # bounds the whole exchange (GATEWAY_WRITE_TIMEOUT_S was documented but read by no call)
         write=settings.read_timeout_s,
         pool=settings.pool_timeout_s,
     )
     return httpx.AsyncClient(
-        transport=transport or AiohttpTransport(limits=limits),
+        transport=transport,
         limits=limits,
         timeout=timeout,
         trust_env=False,
@@ -93,19 +88,15 @@ def create_app(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     resolve: Resolve = resolve_all,
-    fast_lane: bool = True,
 ) -> FastAPI:
     """Build the gateway. ``transport`` replaces the network below the HTTP client (tests: ``httpx.MockTransport``);
-    ``resolve`` the DNS look-up of replica discovery (tests: a fixed list of addresses); ``fast_lane=False`` leaves
-    every request to FastAPI (tests: the lane must answer as FastAPI does)."""
+    ``resolve`` the DNS look-up of replica discovery (tests: a fixed list of addresses)."""
     settings = settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        # the calls without query parameters (inference, readiness) go over the wire; the others over httpx's client
-        wire = HttpxWire(transport) if transport is not None else UpstreamPool(max_connections=settings.max_connections)
         async with http_client(settings, transport) as http:
-            client = TorchServeClient(settings, http, resolve=resolve, metrics=app.state.metrics, wire=wire)
+            client = TorchServeClient(settings, http, resolve=resolve, metrics=app.state.metrics)
             replicas = "discovered" if settings.discover_replicas else str(len(client.rotation.members))
             log.info(
                 "gateway up: TorchServe %s (management %s, %s replica(s)), models generate=%s predict=%s, key file %s",
@@ -117,7 +108,6 @@ def create_app(
                     yield {"torchserve": client}
             finally:
                 await app.state.shadow.aclose()  # before the connections its copies use are closed
-                await wire.aclose()
 
     app = FastAPIOffline(  # /docs: Swagger UI from the fastapi-offline package, served here (no CDN)
         title="Text classification gateway",
@@ -143,10 +133,7 @@ def create_app(
     app.state.catalogue = Catalogue(settings.model_store) if settings.model_store is not None else None
     for exc_class in (GatewayError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_class, handle_error)
-    inference = inference_routes(settings)
-    add_routes(app.router, settings, inference)
-    if fast_lane:  # inside the layer below: its metrics, request id, headers and body limit apply to it too
-        app.add_middleware(FastLane, routes=inference, state=app.state)
+    add_routes(app.router, settings)
     bodies = BodyLimit(
         max_bytes=settings.max_body_bytes,
         timeout_s=settings.body_timeout_s,

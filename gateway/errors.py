@@ -38,7 +38,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.request_id import current_request_id
-from gateway.wire import UpstreamAnswer
 from torchserve_protocol.keys import INVALID_KEY_TYPE, KeyFileError
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ class UpstreamTimeout(GatewayError):
 class UpstreamStatusError(Exception):
     """TorchServe answered with an error status; carries what :func:`translate_errors` needs to map it."""
 
-    def __init__(self, response: UpstreamAnswer, *, model: str, version: str | None) -> None:
+    def __init__(self, response: httpx.Response, *, model: str, version: str | None) -> None:
         super().__init__(f"TorchServe answered {response.status_code}")
         self.status = response.status_code
         self.kind, self.message = _error_of(response)
@@ -129,7 +128,7 @@ class UpstreamStatusError(Exception):
         self.version = version
 
 
-def _error_of(response: UpstreamAnswer) -> tuple[str, str]:
+def _error_of(response: httpx.Response) -> tuple[str, str]:
     """``(type, message)`` of an error answer: TorchServe's ``{"code","type","message"}`` or the handler's
     ``{"error","type"}``; never more than a few hundred characters."""
     try:

@@ -22,7 +22,6 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from gateway.settings import HOST_PLACEHOLDER, Settings
-from gateway.wire import UpstreamAnswer, Wire
 from torchserve_protocol.keys import TOKEN_PATH, KeyFile, KeyKind, bearer, fresh_key_async, is_invalid_key
 
 log = logging.getLogger(__name__)
@@ -127,31 +126,23 @@ class Rotation(Generic[Member]):
 class Replica:
     """One TorchServe replica: its addresses, its own key file and its own key retry/renewal."""
 
-    def __init__(
-        self,
-        upstream: Upstream,
-        settings: Settings,
-        http: httpx.AsyncClient,
-        wire: Wire | None = None,
-    ) -> None:
+    def __init__(self, upstream: Upstream, settings: Settings, http: httpx.AsyncClient) -> None:
         self.upstream = upstream
         self.settings = settings
         self.http = http
-        self.wire = wire
-        self.timeouts = http.timeout.as_dict()
         self.keys = KeyFile(upstream.key_file)
         self._renew_lock = asyncio.Lock()
 
-    async def send(self, method: str, path: str, *, kind: KeyKind, **kwargs: Any) -> UpstreamAnswer:
+    async def send(self, method: str, path: str, *, kind: KeyKind, **kwargs: Any) -> httpx.Response:
         """Send to the inference (``kind="inference"``) or management API of this replica (see :meth:`_send`)."""
         base = self.upstream.inference_base if kind == "inference" else self.upstream.management_base
         return await self._send(method, f"{base}{path}", kind=kind, **kwargs)
 
-    async def _send(self, method: str, url: str, *, kind: KeyKind, **kwargs: Any) -> UpstreamAnswer:
+    async def _send(self, method: str, url: str, *, kind: KeyKind, **kwargs: Any) -> httpx.Response:
         """Send with the cached key; on TorchServe's invalid-key answer fetch a fresh key and retry exactly once."""
         headers = dict(kwargs.pop("headers", {}))
         key = self.keys.get(kind).value
-        response = await self._request(method, url, {**headers, **bearer(key)}, **kwargs)
+        response = await self.http.request(method, url, headers={**headers, **bearer(key)}, **kwargs)
         if not is_invalid_key(response.status_code, response.content):
             return response
 
@@ -163,15 +154,7 @@ class Replica:
             renew=renew if self.settings.renew_expired_keys else None,
         )  # fmt: skip
         log.info("TorchServe rejected the %s key; retrying once with the key re-read from the file", kind)
-        return await self._request(method, url, {**headers, **bearer(fresh)}, **kwargs)
-
-    async def _request(self, method: str, url: str, headers: dict[str, str], **kwargs: Any) -> UpstreamAnswer:
-        """Straight to the wire when there is one: httpx's client layer (URL merging, default headers, cookie jar,
-        auth and redirect flows) does nothing here and costs CPU on every proxied request (docs/performance.md).
-        Same request, timeouts and exceptions as ``http.request``, which still serves calls with query parameters."""
-        if self.wire is None or kwargs.keys() - {"content"}:
-            return await self.http.request(method, url, headers=headers, **kwargs)
-        return await self.wire.exchange(method, url, headers, kwargs.get("content"), self.timeouts)
+        return await self.http.request(method, url, headers={**headers, **bearer(fresh)}, **kwargs)
 
     async def _renew(self, kind: KeyKind, *, rejected: str) -> None:
         """``POST /token?type=<kind>`` with the API key: TorchServe makes a new key and rewrites the file."""

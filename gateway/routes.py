@@ -7,7 +7,7 @@ No ``from __future__ import annotations`` here: FastAPI reads these signatures a
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
@@ -186,8 +186,7 @@ def add_inference_route(router: APIRouter, route: Inference) -> None:
 
 
 def inference_routes(settings: Settings) -> tuple[Inference, ...]:
-    """The four inference routes, with the request models of the configured limits (built once per app: FastAPI's
-    endpoints and the fast lane, :mod:`gateway.fast_lane`, read the same ones)."""
+    """The four inference routes, with the request models of the configured limits (built once per app)."""
     models = request_models(max_chars=settings.max_text_chars, max_items=settings.max_batch_items)
     cola, sentiment = settings.generate_model, settings.predict_model
     return (
@@ -202,11 +201,11 @@ def inference_routes(settings: Settings) -> tuple[Inference, ...]:
     )  # fmt: skip
 
 
-def add_routes(router: APIRouter, settings: Settings, inference: Sequence[Inference]) -> None:
+def add_routes(router: APIRouter, settings: Settings) -> None:
     """Every endpoint, added to ``router``: the app's own router, not one included into it, because FastAPI
     matches an included router's routes through one more layer on every request (docs/performance.md, section 3b);
     the OpenAPI document is the same either way."""
-    for route in inference:
+    for route in inference_routes(settings):
         add_inference_route(router, route)
 
     @router.get(

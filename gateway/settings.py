@@ -108,46 +108,21 @@ class Settings(BaseSettings):
         default=16_384,
         ge=1_024,
         le=1_048_576,
-        description="Request line plus headers, in bytes; over it -> 431 and the connection is closed, counted as "
-        "the bytes arrive (h11's default; nginx's large_client_header_buffers is 4 x 8 KiB).",
-    )
-    max_url_bytes: int = Field(
-        default=8_192, ge=256, le=1_048_576, description="The request target (path and query); over it -> 414."
-    )
-    max_headers: int = Field(default=100, ge=8, le=10_000, description="Header lines per request; over it -> 431.")
-    header_timeout_s: Seconds = Field(
-        default=10.0,
-        description="A request's headers must be complete within this many seconds of its first byte (or of the "
-        "connection opening); past it -> 408 and the connection is closed (a connection that sent nothing is "
-        "closed silently).",
+        description="Request line plus headers, in bytes (uvicorn's h11_max_incomplete_event_size, h11's default); "
+        "over it uvicorn answers 400 and closes the connection. The edge in front holds the tighter bounds (header "
+        "size and count, 431).",
     )
     keep_alive_timeout_s: int = Field(
-        default=5, ge=1, le=600, description="An idle keep-alive connection is closed after this many seconds."
-    )
+        default=5, ge=1, le=600,
+        description="An idle keep-alive connection is closed after this many seconds (uvicorn's timeout_keep_alive).",
+    )  # fmt: skip
     max_client_connections: int = Field(
         default=256,
         ge=1,
         le=100_000,
-        description="Open client connections per gateway process (lingering ones included: linger_s). Past it a "
-        "connection lingering after its answer, else the one idle the longest, is closed to make room; when none can "
-        "go the new connection gets 503 + Retry-After and is closed.",
-    )
-    linger_s: float = Field(
-        default=2.0,
-        gt=0,
-        le=60,
-        description="After an answer that closes the connection before the request was read to its end (431, 414, "
-        "400, 408, 413, 503), the gateway ends its sending side (the client reads the answer, then a clean end) and "
-        "reads and drops what the client still sends, until the client closes or for at most this many seconds; "
-        "then it closes. Closing at once with unread bytes makes the kernel send a reset, which can cost the client "
-        "the answer.",
-    )
-    linger_bytes: int = Field(
-        default=65_536,
-        ge=0,
-        le=16_777_216,
-        description="What such a closing connection reads and drops at most (it is closed past it, before "
-        "linger_s): a client that keeps sending after its answer holds the connection for at most this many bytes.",
+        description="Open client connections, or requests in progress, per gateway process (uvicorn's "
+        "limit_concurrency): past it a new request is answered 503 by uvicorn. The edge in front bounds connections "
+        "per client address.",
     )
     connect_timeout_s: Seconds = Field(
         default=2.0, description="Opening a connection to TorchServe (loopback); past it -> 503 + Retry-After."

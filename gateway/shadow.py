@@ -3,8 +3,8 @@ TorchServe, ``/predictions/<model>/<shadow version>``) once the client's answer 
 compared in :mod:`gateway.shadow_metrics`. The shadow's answer is discarded.
 
 The client never waits for, nor fails with, its copy: the copy is started by the answer's background step (Starlette
-runs it after the last byte of the body was sent, on both ways a request takes: :func:`gateway.routes.infer`), as a
-task of its own that the answer does not await. Copies are bounded: at most ``shadow_max_in_flight`` at a time (one
+runs it after the last byte of the body was sent: :func:`gateway.routes.infer`), as a task of its own that the
+answer does not await. Copies are bounded: at most ``shadow_max_in_flight`` at a time (one
 more is dropped as ``busy``, never queued), each given ``shadow_timeout_s``; a failure of any kind is a counted drop,
 never an error anyone sees. Which requests are copied is the canary split's deterministic interleave
 (:class:`gateway.canary.Interleave`, over the unpinned requests answered 200): exactly ``floor(N * percent / 100)``

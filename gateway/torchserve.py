@@ -26,7 +26,6 @@ from gateway.metrics import Metrics
 from gateway.replicas import Replica, Resolve, Rotation, Upstream, discover, given, resolve_all
 from gateway.request_id import REQUEST_ID_HEADER, current_request_id
 from gateway.settings import Settings
-from gateway.wire import UpstreamAnswer, Wire
 from torchserve_protocol.keys import KeyFileError
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ _T = TypeVar("_T")
 READY_PROBE_BODY = b'{"text": "ready"}'
 
 
-def lost(attempt: asyncio.Future[UpstreamAnswer]) -> str | None:
+def lost(attempt: asyncio.Future[httpx.Response]) -> str | None:
     """Why a finished inference attempt was lost with a worker or a connection (a :data:`RETRY_REASONS` entry), or
     ``None`` when its outcome, good or bad, is the answer. Refused connections are not here: they never reached
     TorchServe and were already tried on every replica."""
@@ -85,11 +84,9 @@ class TorchServeClient:
         *,
         resolve: Resolve = resolve_all,
         metrics: Metrics | None = None,
-        wire: Wire | None = None,
     ) -> None:
         self.settings = settings
         self.http = http
-        self.wire = wire  # over the transport under ``http``: the calls without query parameters use it directly
         self.resolve = resolve
         self.metrics = metrics or Metrics()
         self.rotation: Rotation[Replica] = Rotation(down_s=settings.replica_down_s)
@@ -100,7 +97,7 @@ class TorchServeClient:
         """Make ``upstreams`` the replicas; those already known keep their cached keys and down marks."""
         known = {replica.upstream: replica for replica in self.rotation.members}
         before = set(known)
-        self.rotation.replace(known.get(u) or Replica(u, self.settings, self.http, self.wire) for u in upstreams)
+        self.rotation.replace(known.get(u) or Replica(u, self.settings, self.http) for u in upstreams)
         if set(upstreams) != before:
             log.info("TorchServe replicas: %s", ", ".join(u.name for u in upstreams))
 
@@ -152,7 +149,7 @@ class TorchServeClient:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
-    async def _at_most_twice(self, call: Callable[[Replica], Awaitable[UpstreamAnswer]]) -> UpstreamAnswer:
+    async def _at_most_twice(self, call: Callable[[Replica], Awaitable[httpx.Response]]) -> httpx.Response:
         """``call`` (idempotent inference) on a replica; sent once more when the first attempt was lost (see
         :func:`lost`) or is unanswered after ``attempt_timeout_s`` (then both race, the first answer wins). Whatever
         happens, the answer or the failure comes by ``read_timeout_s``."""
@@ -160,7 +157,7 @@ class TorchServeClient:
         deadline = loop.time() + self.settings.read_timeout_s
         tried: list[Replica] = []
 
-        async def tracked(replica: Replica) -> UpstreamAnswer:
+        async def tracked(replica: Replica) -> httpx.Response:
             tried.append(replica)
             return await call(replica)
 
@@ -203,7 +200,7 @@ class TorchServeClient:
         if request_id is not None:
             headers[REQUEST_ID_HEADER] = request_id
 
-        async def post(replica: Replica) -> UpstreamAnswer:
+        async def post(replica: Replica) -> httpx.Response:
             return await replica.send("POST", path, kind="inference", content=content, headers=headers)
 
         async with self.boundary():

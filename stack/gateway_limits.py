@@ -1,9 +1,9 @@
 """``python -m stack.gateway_limits [--write]``: docs/gateway.md's table of the gateway's client limits, generated.
 
-Each bound is the default of its field in :class:`gateway.settings.Settings` (and uvicorn's flow-control mark), so
-the documented limits are the ones the gateway starts with. Without ``--write`` it checks the section
-(``gateway:limits``, :mod:`stack.doc_sections`) and exits 1 on drift; ``tests/stack/test_gateway_limits.py`` does the
-same in ``make test``.
+Each bound is the default of its field in :class:`gateway.settings.Settings`, and each row says what holds it: a
+uvicorn option (:func:`gateway.server.uvicorn_options` sets it from that field), the app's middleware, or the edge in
+front (nginx, issue 25 item 2, the next step). Without ``--write`` it checks the section (``gateway:limits``,
+:mod:`stack.doc_sections`) and exits 1 on drift; ``tests/stack/test_gateway_limits.py`` does the same in ``make test``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-
-from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
 from gateway.settings import ENV_PREFIX, Settings
 from stack import doc_sections
@@ -24,57 +22,68 @@ KIB = 1_024
 MIB = 1_048_576
 
 
+EDGE = "the edge (next step)"
+MIDDLEWARE = "app middleware (`BodyLimit`)"
+
+
 @dataclass(frozen=True)
 class Row:
-    """One resource. ``{field}`` in ``bound`` or ``past_it`` is that setting's default, ``{env_field}`` its variable."""
+    """One resource. ``{field}`` in ``bound`` or ``past_it`` is that setting's default, ``{env_field}`` its variable;
+    ``held_by`` what enforces it now."""
 
     resource: str
     bound: str
+    held_by: str
     past_it: str
 
 
 ROWS = (
     Row(
         "request line + headers",
-        "{max_header_bytes} ({env_max_header_bytes}), counted as bytes arrive",
-        "431 `headers_too_large`, after ~{max_header_bytes} read",
+        "{max_header_bytes} ({env_max_header_bytes})",
+        "uvicorn: `h11_max_incomplete_event_size` (h11)",
+        "400, uvicorn's plain-text `Invalid HTTP request received.`, the connection closed",
     ),
-    Row("header lines", "{max_headers} ({env_max_headers})", "431 `headers_too_large`"),
-    Row("request target", "{max_url_bytes} ({env_max_url_bytes})", "414 `uri_too_long`"),
+    Row("header lines", "-", EDGE, "no bound of their own in the gateway: only the size above"),
+    Row("request target", "within the head's {max_header_bytes}", "uvicorn (h11), as above", "400, as above"),
     Row(
         "time to send the headers",
-        "{header_timeout_s} from the request's first byte or the connection's opening ({env_header_timeout_s})",
-        "408 `request_timeout`; a connection that sent nothing is closed silently",
+        "-",
+        EDGE,
+        "no deadline in the gateway: a connection with a partial head stays open until its client closes it",
     ),
-    Row("a malformed request line or header", "-", "400 `bad_request`"),
+    Row("a malformed request line or header", "-", "uvicorn (h11)", "400, uvicorn's plain text"),
     Row(
         "idle keep-alive connection",
-        "{keep_alive_timeout_s} ({env_keep_alive_timeout_s}, uvicorn's `timeout_keep_alive`)",
+        "{keep_alive_timeout_s} ({env_keep_alive_timeout_s})",
+        "uvicorn: `timeout_keep_alive`",
         "closed",
     ),
     Row(
-        "open client connections",
+        "open client connections, or requests in progress",
         "{max_client_connections} per process ({env_max_client_connections})",
-        "a connection lingering after its answer, else the one idle the longest, is closed to make room (so idle "
-        "connections never starve a real request); when none can go, the new connection gets 503 `unavailable` + "
-        "Retry-After and is closed",
+        "uvicorn: `limit_concurrency`",
+        "a new request is answered 503, uvicorn's plain-text `Service Unavailable`, and its connection closed; idle "
+        "connections count too",
     ),
+    Row("connections per client address", "-", EDGE, "no bound in the gateway"),
     Row(
         "one request body",
         "{max_body_bytes}, {body_timeout_s} ({env_max_body_bytes}, {env_body_timeout_s})",
-        "413 `payload_too_large` / 408 `request_timeout`",
+        MIDDLEWARE,
+        "413 `payload_too_large` / 408 `request_timeout`, JSON, `Connection: close`",
     ),
     Row(
         "body bytes held by all requests together",
         "{max_buffered_bytes} ({env_max_buffered_bytes})",
-        "503 `unavailable` + Retry-After, the connection closed and its bytes let go",
+        MIDDLEWARE,
+        "503 `unavailable` + Retry-After, JSON, the connection closed and its bytes let go",
     ),
     Row(
-        "what a client still sends after an answer that closes its connection (any above, the request not read to "
-        "its end)",
-        "{linger_s}, {linger_bytes} ({env_linger_s}, {env_linger_bytes})",
-        "read and dropped after the answer and its FIN (a lingering close, so no reset can cost the client the "
-        "answer) until the client closes; past either bound the connection is closed",
+        "what a client still sends after an answer that closes its connection (lingering close)",
+        "-",
+        EDGE,
+        "uvicorn closes at once: a client still sending may read a reset after (or instead of) its answer",
     ),
 )
 
@@ -103,12 +112,9 @@ def defaults() -> dict[str, str]:
 
 def render() -> str:
     values = defaults()
-    lines = ["| resource | bound (setting) | past it |", "|---|---|---|"]
-    lines += [f"| {r.resource} | {r.bound.format_map(values)} | {r.past_it.format_map(values)} |" for r in ROWS]
+    lines = ["| resource | bound (setting) | held by | past it |", "|---|---|---|---|"]
     lines += [
-        "",
-        f"Below the app, uvicorn stops reading a connection once {size(HIGH_WATER_LIMIT)} of its body wait unread",
-        "(flow control), so what the server holds per connection is bounded too.",
+        f"| {r.resource} | {r.bound.format_map(values)} | {r.held_by} | {r.past_it.format_map(values)} |" for r in ROWS
     ]
     return "\n".join(lines) + "\n"
 

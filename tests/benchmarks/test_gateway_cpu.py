@@ -1,5 +1,5 @@
 """The gateway CPU benchmarks' own parts: the stand-in TorchServe answers as the handler does, and the in-process
-and upstream-call measurements run this checkout's gateway and report numbers."""
+measurement runs this checkout's gateway and reports numbers."""
 
 from __future__ import annotations
 
@@ -43,11 +43,3 @@ def test_the_in_process_benchmark_measures_this_checkout() -> None:
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True, timeout=120).stdout
 
     assert re.search(rf"median CPU per /generate in process, {re.escape(str(REPO))}: \d+ us", out), out
-
-
-def test_the_upstream_benchmark_measures_both_ways_of_calling() -> None:
-    cmd = [sys.executable, "-m", "benchmarks.upstream_cpu", "--chunks", "1", "--requests", "64", "--in-flight", "4"]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True, timeout=120).stdout
-
-    for way in ("httpx", "pool"):
-        assert re.search(rf"^{way}: least \d+ us, median \d+ us per call", out, re.MULTILINE), out

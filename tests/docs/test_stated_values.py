@@ -15,9 +15,9 @@ import yaml
 
 from gateway.__main__ import build_parser as gateway_parser
 from gateway.canary import CLIENT_KEY_PATTERN
-from gateway.http_server import uvicorn_options
 from gateway.metrics import BUCKETS
 from gateway.request_id import REQUEST_ID_PATTERN
+from gateway.server import uvicorn_options
 from gateway.settings import Settings
 from stack.gateway_limits import size
 from stack.inference_key import InferenceKeyPublisher

@@ -12,7 +12,7 @@ import httpx
 import uvicorn
 
 from gateway.app import create_app
-from gateway.http_server import uvicorn_options
+from gateway.server import uvicorn_options
 from gateway.settings import Settings
 from stack.torchserve import CONFIG, Ports, TorchServe
 from tests.conftest import apply_store, launch_torchserve
@@ -31,9 +31,9 @@ def settings_for(ts: TorchServe, **overrides: object) -> Settings:
 
 @contextmanager
 def running_gateway(settings: Settings, *, start_timeout: float = 20.0) -> Iterator[str]:
-    """Serve the app (uvloop, the bounded httptools protocol: as in production); yield its base URL once /health
-    answers; always stop."""
-    options = uvicorn_options(settings)  # the production server: bounded httptools protocol, uvloop
+    """Serve the app with the production uvicorn options (uvloop, h11 and its bounds); yield its base URL once
+    /health answers; always stop."""
+    options = uvicorn_options(settings)
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=0, lifespan="on", log_level="warning", **options
     )  # port 0: the kernel picks a free port as uvicorn binds it (no race with another process)

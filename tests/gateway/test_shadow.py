@@ -202,15 +202,3 @@ def test_the_catalogue_shows_the_shadow(make_client: Callable[..., TestClient], 
     (store / "cola-2.0.mar").write_bytes(b"")
     cola = make_client().get("/models").json()["models"][0]
     assert (cola["canary"], cola["canary_percent"], cola["shadow"], cola["shadow_percent"]) == (None, 0.0, "2.0", 25.0)
-
-
-def test_requests_answered_by_fastapi_are_copied_too(settings: Settings, upstream: FakeTorchServe, store: Path) -> None:
-    write_shadow(store, "2.0")
-    configured = settings.model_copy(update={"model_store": store, "split_check_s": 0.0})
-    app = create_app(configured, transport=httpx.MockTransport(upstream), fast_lane=False)  # every request: FastAPI
-    with TestClient(app, raise_server_exceptions=False) as client:
-        assert client.post("/generate", json=PASSAGE).status_code == 200
-        assert client.post("/generate/batch", json={"passages": ["a", "b"]}).status_code == 200
-        text = settle(client)
-    assert sample(text, "gateway_shadow_copies_total", **PAIR) == 2
-    assert sample(text, "gateway_shadow_compared_total", **PAIR) == 3

@@ -81,6 +81,7 @@ def gateway_with(**overrides: object) -> Iterator[str]:
         yield base_url
 
 
+@pytest.mark.skip(reason="held by the nginx edge: issue 25 item 2")
 def test_a_header_flood_gets_431_within_a_few_kib_and_health_stays_fast() -> None:
     """Four connections flood never-ending headers (each again as soon as it is answered) while /health is asked
     50 times: every flood is cut with 431 before 32 KiB (the limit is 16 KiB); /health's median stays under 100 ms
@@ -116,6 +117,7 @@ def test_a_header_flood_gets_431_within_a_few_kib_and_health_stays_fast() -> Non
     assert max(latencies) < 1000, latencies
 
 
+@pytest.mark.skip(reason="held by the nginx edge: issue 25 item 2")
 @pytest.mark.parametrize(
     ("request_bytes", "status", "kind"),
     [
@@ -142,6 +144,7 @@ def test_a_bad_head_gets_a_json_4xx_and_the_connection_closes(request_bytes: byt
     assert isinstance(body["error"], str)
 
 
+@pytest.mark.skip(reason="held by the nginx edge: issue 25 item 2")
 def test_unfinished_headers_get_408_at_the_header_deadline() -> None:
     with gateway_with(header_timeout_s=1.0) as base_url:
         with (
@@ -169,6 +172,7 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_timeout() -> None:
         assert 0.9 < time.monotonic() - started < 4
 
 
+@pytest.mark.skip(reason="held by the nginx edge: issue 25 item 2")
 def test_many_idle_connections_do_not_starve_a_real_request(torchserve: TorchServe) -> None:
     """200 connections that never send a byte against a cap of 32: each new one closes the one idle the longest,
     and a real prediction is answered at once."""
@@ -189,6 +193,7 @@ def test_many_idle_connections_do_not_starve_a_real_request(torchserve: TorchSer
     assert max(latencies) < 1000, latencies
 
 
+@pytest.mark.skip(reason="held by the nginx edge: issue 25 item 2")
 def test_past_the_connection_cap_with_none_idle_a_new_connection_gets_503() -> None:
     """16 connections stuck inside their headers fill a cap of 16: a new one gets 503 + Retry-After at once; at
     the header deadline the stuck ones are answered 408 and the gateway serves again."""

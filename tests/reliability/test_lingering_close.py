@@ -12,7 +12,7 @@ import pytest
 
 from tests.reliability.test_limits import address, gateway_with
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.skip(reason="held by the nginx edge: issue 25 item 2")]
 
 OVER_LIMIT_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 20_000  # over 16 KiB, never ended
 TOO_LARGE_BODY = (  # a body the gateway refuses from its Content-Length, before reading it

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.server import uvicorn_options
+from gateway.settings import Settings
 from stack import doc_sections, gateway_limits
 
 
@@ -30,3 +32,15 @@ def test_a_hand_edited_bound_is_drift(tmp_path: Path, monkeypatch: pytest.Monkey
 )
 def test_sizes_are_written_in_the_largest_whole_unit(n: int, shown: str) -> None:
     assert gateway_limits.size(n) == shown
+
+
+def test_each_row_held_by_a_uvicorn_option_names_one_the_gateway_sets_from_its_setting() -> None:
+    """A row held by ``uvicorn: `option``` names an option :func:`gateway.server.uvicorn_options` passes, with the
+    value of the setting the row shows (so the table cannot claim a bound the server does not get)."""
+    options = uvicorn_options(Settings())
+    held = {row.held_by.split("`")[1]: row.bound for row in gateway_limits.ROWS if row.held_by.startswith("uvicorn: `")}
+    assert held.keys() == {"h11_max_incomplete_event_size", "timeout_keep_alive", "limit_concurrency"}
+    assert options["http"] == "h11"  # h11_max_incomplete_event_size applies to h11 only
+    for option, bound in held.items():
+        field = bound.split("{env_")[1].split("}")[0]
+        assert options[option] == getattr(Settings(), field), option

@@ -40,7 +40,7 @@ class Compose:
 
     @property
     def port(self) -> int:
-        """The host port the engine published the edge on (the one published port) (asked once it runs; it stays while the container does)."""
+        """The host port the engine published the edge on (asked once it runs; it stays while the container does)."""
         if self.published is None:
             address = self.run("docker compose port edge 8080").stdout.strip()  # "127.0.0.1:49153"
             self.published = int(address.rpartition(":")[2])

@@ -339,6 +339,7 @@ def test_one_address_holding_1000_half_heads_and_header_floods_do_not_slow_a_thi
         while not stop.is_set():
             results.append(flood(edge_url, source=FLOODER))
 
+    threads: list[threading.Thread] = []
     try:
         for _ in range(1_000):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -348,7 +349,7 @@ def test_one_address_holding_1000_half_heads_and_header_floods_do_not_slow_a_thi
             with suppress(OSError):
                 sock.connect(address(edge_url))
                 sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-")
-        threads = [threading.Thread(target=keep_flooding, daemon=True) for _ in range(4)]
+        threads += [threading.Thread(target=keep_flooding, daemon=True) for _ in range(4)]
         for thread in threads:
             thread.start()
         while len(results) < 4:
@@ -359,6 +360,8 @@ def test_one_address_holding_1000_half_heads_and_header_floods_do_not_slow_a_thi
             generate = [timed(client, "POST", "/generate", json={"passage": "I are a boy"}) for _ in range(100)]
     finally:
         stop.set()
+        for thread in threads:  # every flood ends before the edge may stop (a flood cut by a stopping nginx resets)
+            thread.join(timeout=30)
         for sock in held:
             sock.close()
     for _, answer in results:

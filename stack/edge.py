@@ -118,7 +118,7 @@ class Edge:
         out = (self.log_dir / "edge.out").open("ab")
         self.process = subprocess.Popen(
             self.command(), cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
+            start_new_session=True, env={"PATH": os.defpath},  # nginx needs nothing of ours
         )  # fmt: skip
         out.close()
         self.pid_file.write_text(str(self.process.pid))

@@ -1,4 +1,5 @@
-# Three images from one file (docker compose builds them; docs/deployment.md has sizes and build times):
+# Four images from one file (docker compose builds them; docs/deployment.md has sizes and build times):
+#   docker build --target edge       -t bert-serving/edge .         # Debian's nginx in front of the gateway (edge/)
 #   docker build --target torchserve -t bert-serving/torchserve .   # TorchServe + Java 17 + the ML stack (CPU torch)
 #   docker build --target gateway    -t bert-serving/gateway .      # the FastAPI gateway only: no torch, no transformers
 #   docker build --target train      -t bert-serving/train .        # training (the compose `models` and `train` jobs)
@@ -91,3 +92,26 @@ EXPOSE 8080 8081 8082
 # Readiness, not liveness: every model in the store has a READY worker (management API, management key).
 HEALTHCHECK --interval=10s --timeout=8s --start-period=180s --retries=3 CMD ["python", "docker/ready.py"]
 CMD ["python", "-m", "stack", "torchserve"]
+
+# The edge: Debian's nginx (with its stream module: connections per client address) and envsubst, on the same base,
+# in front of the gateway; the one config template of every way the project runs (docs/gateway.md, "The edge").
+# Runs as its own unprivileged user with a read-only root: the rendered config, pid file, temp files and the internal
+# socket live in EDGE_DIR, a tmpfs.
+FROM ${PYTHON_IMAGE} AS edge
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nginx libnginx-mod-stream gettext-base \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10003 edge \
+ && useradd --system --uid 10003 --gid edge --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin edge
+COPY --chown=root:root edge/nginx.conf.template /etc/edge/nginx.conf.template
+COPY --chown=root:root edge/entrypoint.sh /usr/local/bin/edge-entrypoint
+ENV EDGE_LISTEN=8080 \
+    EDGE_UPSTREAM=gateway:8000 \
+    EDGE_DIR=/tmp/edge \
+    EDGE_ERROR_LOG=stderr
+USER edge
+EXPOSE 8080
+# Through the edge to the gateway's readiness: the edge serves only when the gateway behind it does.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/ready', timeout=4).status != 200)"]
+ENTRYPOINT ["edge-entrypoint"]

@@ -26,7 +26,7 @@ BASE_MODEL ?=
 #: where `make venv` looks for the torch CPU wheel first (the default index after a 5 s timeout)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: help venv peer mpnet java browser wrk serve start stop status train test test-slow test-compose test-real-size bench bench-batching bench-shadow examples soak lint format clean
+.PHONY: help venv peer mpnet java browser wrk nginx serve start stop status train test test-slow test-compose test-real-size bench bench-batching bench-shadow examples soak lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -79,16 +79,24 @@ java:  ## check that Java 17+ is on PATH (what TorchServe 0.12 documents and the
 	@command -v java >/dev/null || { echo "error: TorchServe's frontend needs Java 17 ('java' is not on PATH): install OpenJDK 17, e.g. apt-get install openjdk-17-jre-headless"; exit 1; }
 	@java -version 2>&1 | awk -F'"' '/version/ { split($$2, v, "."); if (v[1] < 17) { print "error: Java " $$2 " is too old: TorchServe 0.12 needs Java 17 (apt-get install openjdk-17-jre-headless)"; exit 1 } }'
 
-serve: $(BASE_DEPS) java  ## train the default models the store lacks, run TorchServe + gateway in the foreground (BASE_MODEL=minilm: the fast path)
+# nginx, the edge in front of the gateway (edge/nginx.conf.template), with its stream module (connections per client
+# address): installed from Debian when missing, like wrk (the package lists refreshed only if needed)
+NGINX_PKGS := nginx libnginx-mod-stream
+NEED_NGINX := { command -v nginx >/dev/null && [ -f /usr/lib/nginx/modules/ngx_stream_module.so ]; } || apt-get install -y $(NGINX_PKGS) || { apt-get update && apt-get install -y $(NGINX_PKGS); } || { echo "error: the edge needs nginx: apt-get install -y $(NGINX_PKGS)"; exit 1; }
+
+nginx:  ## nginx + its stream module (Debian): the edge `make serve` and `make start` run in front of the gateway
+	@$(NEED_NGINX)
+
+serve: $(BASE_DEPS) java nginx  ## train the default models the store lacks, run TorchServe + gateway + edge in the foreground (BASE_MODEL=minilm: the fast path)
 	$(PY) -m stack serve
 
-start: $(BASE_DEPS) java  ## the same in the background; returns when everything is ready
+start: $(BASE_DEPS) java nginx  ## the same in the background; returns when everything is ready
 	$(PY) -m stack start
 
-stop: venv  ## stop the gateway, TorchServe and every worker
+stop: venv  ## stop the edge, the gateway, TorchServe and every worker
 	$(PY) -m stack stop
 
-status: venv  ## what runs; each model's versions, default and workers
+status: venv  ## what runs (TorchServe, gateway, edge); each model's versions, default and workers
 	$(PY) -m stack status
 
 train: $(BASE_DEPS)  ## fine-tune TASK=cola|sentiment (BASE_MODEL=mpnet|minilm|path) and package a new versioned .mar into model_store/

@@ -2,10 +2,13 @@
 
 * ``serve``      foreground: train each default model the store lacks, start TorchServe, apply the store's
                  ``served.json`` (written first when the store has none), wait until every worker is READY, start
-                 the gateway, then keep TorchServe following ``served.json`` (stack/reconcile.py); Ctrl-C stops it all.
+                 the gateway (loopback ``--gateway-internal-port``) and the edge in front of it (nginx on
+                 ``--gateway-host``:``--gateway-port``: the client-facing bounds, docs/gateway.md), then keep
+                 TorchServe following ``served.json`` (stack/reconcile.py); Ctrl-C stops it all.
 * ``start``      train what is missing, then run ``serve`` in the background (pid file ``stack.pid`` and log
                  ``stack.log`` in the run directory); returns once the gateway is ready.
-* ``stop``       stop the launcher, the gateway and TorchServe (frontend and every worker); safe when nothing runs.
+* ``stop``       stop the launcher, the edge, the gateway and TorchServe (frontend and every worker); safe when
+                 nothing runs.
 * ``status``     what runs, and each model's versions, default and workers.
 * ``torchserve`` foreground, TorchServe only, following ``served.json`` (the TorchServe container's command); with
                  ``INFERENCE_KEY_FILE`` set, keeps a copy of the inference key alone there (stack/inference_key.py),
@@ -22,6 +25,7 @@ import argparse
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from stack import served_state
+from stack.edge import Edge
 from stack.gateway import Gateway
 from stack.inference_key import InferenceKeyPublisher
 from stack.management import Management, ManagementError
@@ -80,13 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--gateway-host",
         default=os.environ.get("GATEWAY_HOST", "127.0.0.1"),
-        help="gateway bind address (env GATEWAY_HOST)",
+        help="the address clients use: the edge (nginx) listens there (env GATEWAY_HOST)",
     )
     parser.add_argument(
         "--gateway-port",
         type=int,
         default=int(os.environ.get("GATEWAY_PORT", "8000")),
-        help="gateway port (env GATEWAY_PORT)",
+        help="the port clients use: the edge's (env GATEWAY_PORT)",
+    )
+    parser.add_argument(
+        "--gateway-internal-port",
+        type=int,
+        default=int(os.environ.get("GATEWAY_INTERNAL_PORT", "0")),
+        help="the gateway's own port on 127.0.0.1, behind the edge; 0: a free one, chosen at start "
+        "(env GATEWAY_INTERNAL_PORT)",
     )
     parser.add_argument(
         "--inference-key-file",
@@ -176,7 +188,7 @@ def launcher_pid_file(run_dir: Path) -> Path:
     return run_dir / "stack.pid"
 
 
-def start_in_background(args: argparse.Namespace, argv: Sequence[str], gateway: Gateway) -> int:
+def start_in_background(args: argparse.Namespace, argv: Sequence[str], edge: Edge) -> int:
     """``serve`` as a background process of its own session (so the store keeps being followed after ``start``
     returns); waits until the gateway is ready, else prints the end of its log and stops it."""
     pid_file = launcher_pid_file(args.run_dir)
@@ -190,29 +202,46 @@ def start_in_background(args: argparse.Namespace, argv: Sequence[str], gateway: 
                                    start_new_session=True)  # fmt: skip
     pid_file.write_text(str(process.pid))
     try:
-        wait_http(f"{gateway.url}/ready", timeout=3 * args.timeout, process=process)
+        wait_http(f"{edge.url}/ready", timeout=3 * args.timeout, process=process)
     except StackError:
         stop_process_group(process.pid, timeout=30)
         pid_file.unlink(missing_ok=True)
         tail = log.read_text(errors="replace").splitlines()[-20:]
         print("\n".join(tail), file=sys.stderr)
         raise StackError(f"the stack did not start; its log: {log}") from None
-    print(f"[stack] gateway ready on {gateway.url} (launcher pid {process.pid}, log {log})", flush=True)
+    print(f"[stack] gateway ready on {edge.url} (launcher pid {process.pid}, log {log})", flush=True)
     return 0
 
 
-def stop_all(args: argparse.Namespace, ts: TorchServe, gateway: Gateway) -> None:
+def stop_all(args: argparse.Namespace, ts: TorchServe, gateway: Gateway, edge: Edge) -> None:
     pid_file = launcher_pid_file(args.run_dir)
     pid = pid_from(pid_file, marker="stack")
     if pid is not None:  # the launcher stops what it started; the two below catch whatever it left
         stop_process_group(pid, timeout=60)
     pid_file.unlink(missing_ok=True)
+    edge.stop()
     gateway.stop()
     ts.stop()
 
 
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def gateway_for(ts: TorchServe, args: argparse.Namespace) -> Gateway:
-    return Gateway(torchserve=ts, host=args.gateway_host, port=args.gateway_port)
+    """The gateway on loopback only: clients reach it through the edge. Its port is nobody's business but the
+    edge's, so by default it is a free one (two stacks, or a test beside ``make serve``, never collide on it)."""
+    if args.gateway_internal_port == args.gateway_port:
+        raise StackError(f"--gateway-internal-port {args.gateway_internal_port} is the edge's port: choose another")
+    port = args.gateway_internal_port or (free_loopback_port() if args.command in ("serve", "start") else 0)
+    return Gateway(torchserve=ts, host="127.0.0.1", port=port)
+
+
+def edge_for(gateway: Gateway, args: argparse.Namespace) -> Edge:
+    return Edge(run_dir=args.run_dir, upstream=f"{gateway.host}:{gateway.port}", host=args.gateway_host,
+                port=args.gateway_port)  # fmt: skip
 
 
 def wait_for_signal(*processes: subprocess.Popen[bytes] | None, ticks: Sequence[Callable[[], None]] = ()) -> None:
@@ -235,9 +264,11 @@ def wait_for_signal(*processes: subprocess.Popen[bytes] | None, ticks: Sequence[
         time.sleep(0.5)
 
 
-def status(ts: TorchServe, gateway: Gateway) -> int:
+def status(ts: TorchServe, gateway: Gateway, edge: Edge) -> int:
     print(f"TorchServe: {'running pid ' + str(ts.running_pid()) if ts.running_pid() else 'not running'}")
     print(f"gateway:    {'running pid ' + str(gateway.running_pid()) if gateway.running_pid() else 'not running'}")
+    print(f"edge:       {'running pid ' + str(edge.running_pid()) if edge.running_pid() else 'not running'}"
+          f" (nginx on {edge.url})")  # fmt: skip
     if ts.running_pid() is None:
         return 1
     try:
@@ -258,16 +289,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     ts = TorchServe(model_store=args.model_store, run_dir=args.run_dir, host=args.host, ports=args.ts_ports)
-    gateway = gateway_for(ts, args)
     try:
+        gateway = gateway_for(ts, args)
+        edge = edge_for(gateway, args)
         if args.command == "stop":
-            stop_all(args, ts, gateway)
+            stop_all(args, ts, gateway, edge)
             print("[stack] stopped", flush=True)
             return 0
         if args.command == "status":
-            return status(ts, gateway)
+            return status(ts, gateway, edge)
         if args.command in ("serve", "start"):
             gateway.check_environment()  # before anything starts
+            edge.check()  # nginx is there and loads the config
         ensure_models(args.model_store, train=not args.no_train and args.command != "torchserve")
         state = served_state.ensure(args.model_store, DEFAULT_TASKS)
         if args.command == "models":
@@ -275,14 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[stack] models in {args.model_store}: serving {served}")
             return 0
         if args.command == "start":
-            return start_in_background(args, argv, gateway)
-        return run_foreground(args, ts, gateway)
+            return start_in_background(args, argv, edge)
+        return run_foreground(args, ts, gateway, edge)
     except (StackError, ManagementError, served_state.StateError) as exc:
         print(f"[stack] error: {exc}", file=sys.stderr)
         return 1
 
 
-def run_foreground(args: argparse.Namespace, ts: TorchServe, gateway: Gateway) -> int:
+def run_foreground(args: argparse.Namespace, ts: TorchServe, gateway: Gateway, edge: Edge) -> int:
     """``serve`` and ``torchserve``: bring everything up, follow the store until a signal, stop everything."""
     stop = None
     try:
@@ -296,12 +329,15 @@ def run_foreground(args: argparse.Namespace, ts: TorchServe, gateway: Gateway) -
         if args.command == "serve":
             gateway.start()
             gateway.wait_ready(timeout=args.timeout)
-            print(f"[stack] gateway ready on {gateway.url}", flush=True)
-        wait_for_signal(ts.process, gateway.process, ticks=ticks)
+            edge.start()
+            edge.wait_up(path="/ready", timeout=args.timeout)
+            print(f"[stack] gateway ready on {edge.url} (the edge; the gateway itself on {gateway.url})", flush=True)
+        wait_for_signal(ts.process, gateway.process, edge.process, ticks=ticks)
         return 0
     finally:
         if stop is not None:
             stop.set()
+        edge.stop()
         gateway.stop()
         ts.stop()
         print("[stack] stopped", flush=True)

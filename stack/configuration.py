@@ -33,8 +33,9 @@ DOC = REPO / "docs" / "configuration.md"
 MAKEFILE = REPO / "Makefile"
 ENV_IN_HELP = re.compile(r"(?:\benv |\$)([A-Z][A-Z0-9_]+)")  # "(env NAME)" or "$NAME" in a flag's help
 MAKE_VARIABLE = re.compile(r"^(?:export\s+)?([A-Z][A-Z0-9_]*)\s*\?=\s*(.*)$")
-VARIABLES = ("MODEL_STORE", "RUN_DIR", "TS_HOST", "TS_PORTS", "GATEWAY_HOST", "GATEWAY_PORT", "INFERENCE_KEY_FILE",
-             "KEY_FILE", "MANAGEMENT_URL", "INFERENCE_URL", "DATA_DIR", "BASE_MODEL", "TRAIN_ARGS")  # fmt: skip
+VARIABLES = ("MODEL_STORE", "RUN_DIR", "TS_HOST", "TS_PORTS", "GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_INTERNAL_PORT",
+             "INFERENCE_KEY_FILE", "KEY_FILE", "MANAGEMENT_URL", "INFERENCE_URL", "DATA_DIR", "BASE_MODEL",
+             "TRAIN_ARGS")  # fmt: skip
 TRAINING_VARIABLES = [
     "## Training the missing default models",
     "",

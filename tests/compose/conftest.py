@@ -50,9 +50,9 @@ class Compose:
 
     @property
     def port(self) -> int:
-        """The host port the engine published the gateway on (asked once it runs; it stays while the container does)."""
+        """The host port the engine published the edge on (asked once it runs; it stays while the container does)."""
         if self.published is None:
-            address = self.run("docker compose port gateway 8000").stdout.strip()  # "127.0.0.1:49153"
+            address = self.run("docker compose port edge 8080").stdout.strip()  # "127.0.0.1:49153"
             self.published = int(address.rpartition(":")[2])
         return self.published
 

@@ -100,15 +100,21 @@ def test_gateway_reaches_torchserve_through_the_service(
         policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
         == deployment["spec"]["template"]["metadata"]["labels"]
     )
-    (container,) = pod["containers"]
-    assert container["command"] == exec_form(dockerfile.stages["gateway"].args("CMD")[-1])
+    edge, container = pod["containers"]  # the edge in front (the Service's port), the gateway behind it
+    assert (edge["name"], container["name"]) == ("edge", "gateway")
+    on_loopback = exec_form(dockerfile.stages["gateway"].args("CMD")[-1])
+    on_loopback[on_loopback.index("--host") + 1] = "127.0.0.1"  # only the edge, in the same pod, reaches it
+    assert container["command"] == on_loopback
+    assert {e["name"]: e["value"] for e in edge["env"]}["EDGE_UPSTREAM"] == "127.0.0.1:8000"
+    assert edge["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert manifests[("Service", "gateway")]["spec"]["ports"][0]["targetPort"] == edge["ports"][0]["name"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert all(name.startswith(ENV_PREFIX) for name in env)
     settings = Settings.model_validate({k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()})
     url = urlsplit(settings.inference_base)
     assert (url.hostname, url.port) == (service["metadata"]["name"], port)
     assert settings.ready_probe == "inference"  # management is not reachable from the gateway
-    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert "127.0.0.1:8000/ready" in " ".join(container["readinessProbe"]["exec"]["command"])
     assert pod["securityContext"]["runAsUser"] == 10002  # the gateway image's user (Dockerfile: useradd --uid 10002)
 
     (mount,) = container["volumeMounts"]
@@ -123,10 +129,10 @@ def test_gateway_pods_reach_only_torchserve_and_dns(
     manifests: dict[tuple[str, str], Any], kserve_config: dict[str, str]
 ) -> None:
     deployment = manifests[("Deployment", "gateway")]
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    edge, _gateway = deployment["spec"]["template"]["spec"]["containers"]  # clients reach the edge's port only
     policy = manifests[("NetworkPolicy", "gateway")]["spec"]
     assert policy["podSelector"]["matchLabels"] == deployment["spec"]["template"]["metadata"]["labels"]
-    assert policy["ingress"] == [{"ports": [{"port": p["containerPort"]} for p in container["ports"]]}]
+    assert policy["ingress"] == [{"ports": [{"port": p["containerPort"]} for p in edge["ports"]]}]
     torchserve, dns = policy["egress"]
     selector = manifests[("Service", "bert-classifier-torchserve")]["spec"]["selector"]
     assert torchserve["to"] == [{"podSelector": {"matchLabels": selector}}]

@@ -243,6 +243,11 @@ DEPLOYMENT = [
                 COMPOSE["torchserve"]["user"].split(":")[0],
             ),
             "gateway": ("| `bert-serving/gateway:local` (`gateway`)", COMPOSE["gateway"]["user"].split(":")[0]),
+            "edge": (
+                "| `bert-serving/edge:local` (`edge`: Debian's nginx + `libnginx-mod-stream` + `gettext-base` on the "
+                "same base)",
+                COMPOSE["edge"]["user"].split(":")[0],
+            ),
             "train": (
                 "(profile `train`) | `bert-serving/train:local` (`train`)",
                 COMPOSE["train"]["user"].split(":")[0],
@@ -256,14 +261,15 @@ DEPLOYMENT = [
     stated("docs/deployment.md", "(`sudo chown -R {} model_store`)", COMPOSE["torchserve"]["user"]),
     stated(
         "docs/deployment.md",
-        "`python -m gateway` on `{}` (the only published port)",
-        COMPOSE["gateway"]["ports"][0].rsplit(":", 1)[0],
+        "nginx on `{}` -> 8080 (the only published port)",
+        COMPOSE["edge"]["ports"][0].rsplit(":", 1)[0],
     ),
     stated(
         "docs/deployment.md",
-        "(`mem_limit` {} TorchServe, {} gateway, {} training;",
+        "(`mem_limit` {} TorchServe, {} gateway, {} edge, {} training;",
         COMPOSE["torchserve"]["mem_limit"],
         COMPOSE["gateway"]["mem_limit"],
+        COMPOSE["edge"]["mem_limit"],
         COMPOSE["train"]["mem_limit"],
     ),
     stated(

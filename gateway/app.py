@@ -141,5 +141,5 @@ def create_app(
         retry_after_s=settings.retry_after_s,
     )
     # metrics, request id, security headers and the body limit, in one layer (gateway/middleware.py)
-    app.add_middleware(GatewayMiddleware, metrics=app.state.metrics, bodies=bodies)
+    app.add_middleware(GatewayMiddleware, metrics=app.state.metrics, bodies=bodies, max_headers=settings.max_headers)
     return app

@@ -74,6 +74,13 @@ class PayloadTooLarge(GatewayError):
     type = "payload_too_large"
 
 
+class HeadersTooLarge(GatewayError):
+    """More header lines than ``max_headers`` (the edge bounds their bytes, not their number)."""
+
+    status = 431
+    type = "headers_too_large"
+
+
 class RequestTimeout(GatewayError):
     """The client did not send its whole body in time (slow-loris style); the connection is closed."""
 

@@ -1,10 +1,11 @@
 """The gateway's own work around every HTTP request, in one pure-ASGI layer (:class:`GatewayMiddleware`).
 
-Four concerns, applied in this order (outermost first), as the four middlewares they replace nested them:
+The concerns, applied in this order (outermost first), as the four middlewares they replace nested them:
 
 1. **metrics**: the request is timed and counted by method, route template and status once it is done (500 when
    the app raised before answering);
-2. **request id**: the client's ``X-Request-ID`` (one value of the allowed characters, else 400
+2. **header lines** over ``max_headers``: 431 ``headers_too_large`` (JSON, ``Connection: close``), answered
+   without the headers below (nginx in front bounds the head's bytes, not its lines); then the **request id**: the client's ``X-Request-ID`` (one value of the allowed characters, else 400
    ``invalid_request_id``, answered without the headers below) or a new one; returned on every answer and kept in
    :data:`gateway.request_id.current_request_id` for the TorchServe call and the logs;
 3. **security headers** on every answer; the docs page gets a policy naming its one inline script;
@@ -25,7 +26,15 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, InvalidRequestId, PayloadTooLarge, RequestTimeout, Unavailable, error_response
+from gateway.errors import (
+    GatewayError,
+    HeadersTooLarge,
+    InvalidRequestId,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unavailable,
+    error_response,
+)
 from gateway.metrics import Metrics
 from gateway.request_id import REQUEST_ID_HEADER_BYTES, REQUEST_ID_RULE, current_request_id, request_id_of
 
@@ -53,10 +62,11 @@ _WITHOUT_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
 class GatewayMiddleware:
     """Metrics, request id, security headers and the body limit (the module's docstring) around ``app``."""
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, bodies: BodyLimit) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, bodies: BodyLimit, max_headers: int = 100) -> None:
         self.app = app
         self.metrics = metrics
         self.bodies = bodies
+        self.max_headers = max_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,8 +75,13 @@ class GatewayMiddleware:
         started = time.perf_counter()
         status = 500
         try:
+            refused: GatewayError | None = None
+            if len(scope["headers"]) > self.max_headers:
+                refused = HeadersTooLarge(f"more than {self.max_headers} header lines")
             request_id = request_id_of(scope)
-            if request_id is None:
+            if request_id is None and refused is None:
+                refused = InvalidRequestId(REQUEST_ID_RULE)
+            if refused is not None:
 
                 async def send_counted(message: Message) -> None:
                     nonlocal status
@@ -74,9 +89,12 @@ class GatewayMiddleware:
                         status = message["status"]
                     await send(message)
 
-                refused = InvalidRequestId(REQUEST_ID_RULE)
-                await error_response(refused.status, refused.message, refused.type)(scope, receive, send_counted)
+                headers = {"Connection": "close"} if isinstance(refused, HeadersTooLarge) else None
+                await error_response(refused.status, refused.message, refused.type, headers)(
+                    scope, receive, send_counted
+                )
                 return
+            assert request_id is not None
             id_header = (REQUEST_ID_HEADER_BYTES, request_id.encode())
             if scope["path"] == DOCS_PAGE:
                 start: Message | None = None

@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         "over it uvicorn answers 400 and closes the connection. The edge in front holds the tighter bounds (header "
         "size and count, 431).",
     )
+    max_headers: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Header lines in one request; over it the gateway answers 431 headers_too_large (JSON) before the "
+        "app reads anything. nginx bounds the head's bytes but cannot count its lines, so the gateway does.",
+    )
     keep_alive_timeout_s: int = Field(
         default=5, ge=1, le=600,
         description="An idle keep-alive connection is closed after this many seconds (uvicorn's timeout_keep_alive).",

@@ -2,7 +2,7 @@
 
 Each bound is the default of its field in :class:`gateway.settings.Settings`, and each row says what holds it: a
 uvicorn option (:func:`gateway.server.uvicorn_options` sets it from that field), the app's middleware, or the edge in
-front (nginx, issue 25 item 2, the next step). Without ``--write`` it checks the section (``gateway:limits``,
+front (nginx: ``edge/nginx.conf.template``). Without ``--write`` it checks the section (``gateway:limits``,
 :mod:`stack.doc_sections`) and exits 1 on drift; ``tests/stack/test_gateway_limits.py`` does the same in ``make test``.
 """
 
@@ -22,8 +22,9 @@ KIB = 1_024
 MIB = 1_048_576
 
 
-EDGE = "the edge (next step)"
+EDGE = "the edge (nginx, `edge/nginx.conf.template`)"
 MIDDLEWARE = "app middleware (`BodyLimit`)"
+HEADER_COUNT = "app middleware (`GatewayMiddleware`)"
 
 
 @dataclass(frozen=True)
@@ -40,50 +41,67 @@ class Row:
 ROWS = (
     Row(
         "request line + headers",
-        "{max_header_bytes} ({env_max_header_bytes})",
-        "uvicorn: `h11_max_incomplete_event_size` (h11)",
-        "400, uvicorn's plain-text `Invalid HTTP request received.`, the connection closed",
+        "a line 8 KiB, the head two 8 KiB buffers (`large_client_header_buffers 2 8k`); behind it "
+        "{max_header_bytes} ({env_max_header_bytes}, uvicorn's `h11_max_incomplete_event_size`)",
+        EDGE,
+        "431 `headers_too_large` (nginx's 494), JSON, the connection closed",
     ),
-    Row("header lines", "-", EDGE, "no bound of their own in the gateway: only the size above"),
-    Row("request target", "within the head's {max_header_bytes}", "uvicorn (h11), as above", "400, as above"),
+    Row(
+        "header lines",
+        "{max_headers} ({env_max_headers})",
+        HEADER_COUNT,
+        "431 `headers_too_large`, JSON, `Connection: close` (nginx cannot count lines; the edge adds "
+        "X-Forwarded-For and X-Forwarded-Proto)",
+    ),
+    Row("request target", "8 KiB (one header buffer)", EDGE, "414 `uri_too_long`, JSON"),
     Row(
         "time to send the headers",
-        "-",
+        "10 s from the connection's opening (`client_header_timeout`)",
         EDGE,
-        "no deadline in the gateway: a connection with a partial head stays open until its client closes it",
+        "closed **without an answer** (nginx sends no 408: the gateway's former 408 `request_timeout` is gone)",
     ),
-    Row("a malformed request line or header", "-", "uvicorn (h11)", "400, uvicorn's plain text"),
+    Row("a malformed request line or header", "-", EDGE, "400 `bad_request`, JSON"),
+    Row("idle keep-alive connection", "5 s (`keepalive_timeout`)", EDGE, "closed"),
     Row(
-        "idle keep-alive connection",
-        "{keep_alive_timeout_s} ({env_keep_alive_timeout_s})",
-        "uvicorn: `timeout_keep_alive`",
-        "closed",
+        "TCP connections per client address",
+        "256 (stream `limit_conn`)",
+        EDGE,
+        "a new connection is closed at accept, no answer",
     ),
     Row(
-        "open client connections, or requests in progress",
-        "{max_client_connections} per process ({env_max_client_connections})",
-        "uvicorn: `limit_concurrency`",
-        "a new request is answered 503, uvicorn's plain-text `Service Unavailable`, and its connection closed; idle "
-        "connections count too",
+        "requests in progress per client address",
+        "64 (http `limit_conn`)",
+        EDGE,
+        "429 `too_many_requests` + Retry-After, JSON",
     ),
-    Row("connections per client address", "-", EDGE, "no bound in the gateway"),
+    Row(
+        "open client connections",
+        "8,192 nginx connections (`worker_connections`; a proxied request holds up to 4); behind it "
+        "{max_client_connections} per gateway process ({env_max_client_connections}, uvicorn's `limit_concurrency`)",
+        EDGE,
+        "nginx accepts no more (no answer: the former 503 + Retry-After and the closing of idle or lingering "
+        "connections to make room are gone); past the gateway's, uvicorn's plain-text 503",
+    ),
     Row(
         "one request body",
+        "1,000,000 bytes (`client_max_body_size`), 10 s between two reads (`client_body_timeout`); behind it "
         "{max_body_bytes}, {body_timeout_s} ({env_max_body_bytes}, {env_body_timeout_s})",
-        MIDDLEWARE,
-        "413 `payload_too_large` / 408 `request_timeout`, JSON, `Connection: close`",
+        f"{EDGE}; {MIDDLEWARE}",
+        "413 `payload_too_large`, JSON; a stalled body is closed **without an answer** (no 408)",
     ),
     Row(
         "body bytes held by all requests together",
-        "{max_buffered_bytes} ({env_max_buffered_bytes})",
+        "{max_buffered_bytes} ({env_max_buffered_bytes}) in the gateway; the edge spools a body over 64 KiB to "
+        "its temp folder, unbounded in total",
         MIDDLEWARE,
         "503 `unavailable` + Retry-After, JSON, the connection closed and its bytes let go",
     ),
     Row(
         "what a client still sends after an answer that closes its connection (lingering close)",
-        "-",
+        "2 s in all, 1 s between two reads (`lingering_time`, `lingering_timeout`); no byte bound (the former "
+        "64 KiB is gone)",
         EDGE,
-        "uvicorn closes at once: a client still sending may read a reset after (or instead of) its answer",
+        "read and dropped after the answer and its FIN, then closed",
     ),
 )
 

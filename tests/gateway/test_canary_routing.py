@@ -147,3 +147,16 @@ def test_an_answer_outside_the_contract_is_that_versions_error(client: TestClien
     bad = {"model": "cola", "version": "1.0", "role": "default", "type": "bad_gateway"}
     assert sample(text, "gateway_model_errors_total", **bad) == 1
     assert "gateway_model_predictions_total{" not in text
+
+
+def test_more_header_lines_than_max_headers_get_431(client: TestClient, upstream: FakeTorchServe) -> None:
+    """nginx bounds the head's bytes, not its lines: the gateway counts them (GATEWAY_MAX_HEADERS) before the app."""
+    limit = Settings.model_fields["max_headers"].default
+    sent = len(upstream.predictions)
+    base = len(client.build_request("GET", "/health").headers)  # what the test client adds itself
+    fits = client.get("/health", headers={f"X-{i}": "1" for i in range(limit - base)})
+    over = client.post("/generate", json=PASSAGE, headers={f"X-{i}": "1" for i in range(limit - base + 1)})
+    assert fits.status_code == 200
+    assert (over.status_code, over.json()["type"]) == (431, "headers_too_large")
+    assert over.headers["connection"] == "close"
+    assert len(upstream.predictions) == sent  # refused before the app

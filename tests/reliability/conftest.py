@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from stack.torchserve import TorchServe
+from tests.edge.conftest import edge_url, local_stack  # noqa: F401 (the edge in front of a real gateway)
 from tests.gateway.server import running_gateway, settings_for
 
 

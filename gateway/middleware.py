@@ -5,8 +5,9 @@ The concerns, applied in this order (outermost first), as the four middlewares t
 1. **metrics**: the request is timed and counted by method, route template and status once it is done (500 when
    the app raised before answering);
 2. **header lines** over ``max_headers``: 431 ``headers_too_large`` (JSON, ``Connection: close``), answered
-   without the headers below (nginx in front bounds the head's bytes, not its lines); then the **request id**: the client's ``X-Request-ID`` (one value of the allowed characters, else 400
-   ``invalid_request_id``, answered without the headers below) or a new one; returned on every answer and kept in
+   without the headers below (nginx in front bounds the head's bytes, not its lines); then the **request id**: the
+   client's ``X-Request-ID`` (one value of the allowed characters, else 400 ``invalid_request_id``, answered
+   without the headers below) or a new one; returned on every answer and kept in
    :data:`gateway.request_id.current_request_id` for the TorchServe call and the logs;
 3. **security headers** on every answer; the docs page gets a policy naming its one inline script;
 4. **body limit** (:class:`BodyLimit`): 413 before any parsing, a deadline for the whole body, a cap on the body

@@ -61,7 +61,13 @@ ROWS = (
         "closed **without an answer** (nginx sends no 408: the gateway's former 408 `request_timeout` is gone)",
     ),
     Row("a malformed request line or header", "-", EDGE, "400 `bad_request`, JSON"),
-    Row("idle keep-alive connection", "5 s (`keepalive_timeout`)", EDGE, "closed"),
+    Row(
+        "idle keep-alive connection",
+        "5 s (`keepalive_timeout`); behind it {keep_alive_timeout_s} ({env_keep_alive_timeout_s}, uvicorn's "
+        "`timeout_keep_alive`)",
+        EDGE,
+        "closed",
+    ),
     Row(
         "TCP connections per client address",
         "256 (stream `limit_conn`)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,17 @@ def test_sizes_are_written_in_the_largest_whole_unit(n: int, shown: str) -> None
     assert gateway_limits.size(n) == shown
 
 
-def test_each_row_held_by_a_uvicorn_option_names_one_the_gateway_sets_from_its_setting() -> None:
-    """A row held by ``uvicorn: `option``` names an option :func:`gateway.server.uvicorn_options` passes, with the
-    value of the setting the row shows (so the table cannot claim a bound the server does not get)."""
+def test_each_uvicorn_option_a_row_names_is_one_the_gateway_sets_from_its_setting() -> None:
+    """A row naming ``({env_field}, uvicorn's `option`)`` (the bound behind the edge) names an option
+    :func:`gateway.server.uvicorn_options` passes, with the value of that setting (so the table cannot claim a bound
+    the server does not get)."""
     options = uvicorn_options(Settings())
-    held = {row.held_by.split("`")[1]: row.bound for row in gateway_limits.ROWS if row.held_by.startswith("uvicorn: `")}
-    assert held.keys() == {"h11_max_incomplete_event_size", "timeout_keep_alive", "limit_concurrency"}
+    named = {
+        option: field
+        for row in gateway_limits.ROWS
+        for field, option in re.findall(r"\{env_(\w+)\}, uvicorn's `(\w+)`", row.bound.replace("\n", " "))
+    }
+    assert named.keys() == {"h11_max_incomplete_event_size", "timeout_keep_alive", "limit_concurrency"}
     assert options["http"] == "h11"  # h11_max_incomplete_event_size applies to h11 only
-    for option, bound in held.items():
-        field = bound.split("{env_")[1].split("}")[0]
+    for option, field in named.items():
         assert options[option] == getattr(Settings(), field), option

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from tests.compose.commands import (
     UP,
 )
 from tests.compose.conftest import APP_UID, FEW_ROWS, PROJECT, Compose, ready_replicas, wait_for
+from torchserve_protocol.layout import REPO
 
 pytestmark = pytest.mark.compose
 
@@ -106,6 +108,35 @@ def test_readme_curls_answer_the_legacy_contracts(compose: Compose) -> None:
     assert predicted["sentiment"] in {"negative", "neutral", "positive"}
     assert set(predicted["probabilities"]) == {"negative", "neutral", "positive"}
     assert predicted["confidence"] == max(predicted["probabilities"].values())
+
+
+# The hostile-client tests that hold through docker-proxy: every host client reaches the edge from ONE address (the
+# proxy's), so the per-address ones (tests/edge: 256 connections, 429 past 64 requests, issue 25's 1,000 half heads)
+# would need clients in containers of their own on the compose network and are not run here. The reliability tests
+# whose former bound nobody holds (408 at the header deadline, 503 past the cap, the linger byte bound, lingering
+# connections closed to make room) fail in `make test` already and are not repeated here.
+HOSTILE_THROUGH_THE_PROXY = [
+    "tests/edge/test_edge.py::test_a_bad_head_gets_the_gateways_json_refusal_and_the_connection_closes",
+    "tests/edge/test_edge.py::test_101_header_lines_are_refused_by_the_gateway_behind_the_edge",
+    "tests/edge/test_edge.py::test_a_request_id_passes_through_and_a_body_over_the_limit_gets_413",
+    "tests/edge/test_edge.py::test_a_header_flood_is_cut_within_a_few_kib_and_health_stays_fast",
+    "tests/edge/test_edge.py::test_slow_heads_stalled_bodies_and_idle_connections_are_closed_at_their_timeouts",
+    "tests/edge/test_edge.py::test_an_answer_given_while_the_client_sends_comes_whole_then_a_clean_end",
+    "tests/edge/test_edge.py::test_a_client_that_keeps_sending_after_its_answer_is_cut_off_at_the_lingering_time",
+    "tests/reliability/test_limits.py::test_101_header_lines_get_a_json_431_through_the_edge",
+    "tests/reliability/test_limits.py::test_many_idle_connections_do_not_starve_a_real_request",
+]
+
+
+def test_hostile_clients_against_the_compose_edge(compose: Compose) -> None:
+    """The local tier's hostile-client tests, pointed at the published edge (``EDGE_URL``) instead of a local one."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", "-m", "integration",
+         "--timeout=300", *HOSTILE_THROUGH_THE_PROXY],
+        cwd=REPO, env={**compose.env, "EDGE_URL": compose.url("")}, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    print(f"\n[compose tier] hostile clients through the edge: {done.stdout.strip().splitlines()[-1:]}")
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
 
 
 def test_every_container_is_unprivileged(compose: Compose) -> None:

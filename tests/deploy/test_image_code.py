@@ -66,3 +66,17 @@ def test_the_healthcheck_imports_from_its_own_folder(dockerfile: Dockerfile, tmp
     probe = "import runpy, sys; sys.argv = ['ready.py']; runpy.run_path('docker/ready.py', run_name='not_main')"
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_every_file_a_stage_copies_from_the_context_is_in_it(dockerfile: Dockerfile) -> None:
+    """Each COPY source of every stage (the edge's nginx template and entrypoint too) passes .dockerignore: the edge
+    image's files were left out of the context before it was first built."""
+    for name, stage in dockerfile.stages.items():
+        for arg in stage.args("COPY"):
+            if "--from" in arg:
+                continue
+            *sources, _ = [token for token in arg.split() if not token.startswith("--")]
+            for source in sources:
+                assert allowed_by_dockerignore(source), (
+                    f"stage {name}: {source} is copied but .dockerignore leaves it out"
+                )

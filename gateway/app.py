@@ -1,7 +1,7 @@
 """The app factory. ``uvicorn --factory gateway.app:create_app`` calls :func:`create_app` with no argument, which reads
 the settings from the environment; tests pass settings and a fake upstream transport.
 
-The lifespan owns the one :class:`httpx.AsyncClient` to TorchServe (httpx's default transport, explicit timeouts and
+The lifespan owns the one :class:`httpx.AsyncClient` to TorchServe (on :class:`gateway.upstream.UpstreamTransport`, explicit timeouts and
 pool limits) and hands the :class:`~gateway.torchserve.TorchServeClient` built on it to requests through the lifespan
 state (``request.state.torchserve``).
 """
@@ -29,18 +29,14 @@ from gateway.routes import add_routes
 from gateway.settings import Settings, load_settings
 from gateway.shadow import Shadow
 from gateway.torchserve import TorchServeClient
+from gateway.upstream import UpstreamTransport
 
 log = logging.getLogger("gateway")
 
 
-def pool_limits(settings: Settings) -> httpx.Limits:
-    return httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections)
-
-
 def http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """The one httpx client to TorchServe: explicit timeouts, a bounded pool, no proxies from the environment;
-    ``transport`` unset: httpx's default (tests: ``httpx.MockTransport``)."""
-    limits = pool_limits(settings)
+    ``transport`` unset: :class:`gateway.upstream.UpstreamTransport` (tests: ``httpx.MockTransport``)."""
     timeout = httpx.Timeout(
         connect=settings.connect_timeout_s,
         read=settings.read_timeout_s,
@@ -50,8 +46,7 @@ def http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None =
         pool=settings.pool_timeout_s,
     )
     return httpx.AsyncClient(
-        transport=transport,
-        limits=limits,
+        transport=transport or UpstreamTransport(max_connections=settings.max_connections),
         timeout=timeout,
         trust_env=False,
     )

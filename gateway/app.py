@@ -1,8 +1,8 @@
 """The app factory. ``uvicorn --factory gateway.app:create_app`` calls :func:`create_app` with no argument, which reads
 the settings from the environment; tests pass settings and a fake upstream transport.
 
-The lifespan owns the one :class:`httpx.AsyncClient` to TorchServe (on :class:`gateway.upstream.UpstreamTransport`, explicit timeouts and
-pool limits) and hands the :class:`~gateway.torchserve.TorchServeClient` built on it to requests through the lifespan
+The lifespan owns the one :class:`httpx.AsyncClient` to TorchServe (on :class:`gateway.upstream.UpstreamTransport`,
+explicit timeouts and a bounded pool) and hands the :class:`~gateway.torchserve.TorchServeClient` built on it to requests through the lifespan
 state (``request.state.torchserve``).
 """
 

@@ -19,7 +19,6 @@ from gateway.metrics import BUCKETS
 from gateway.request_id import REQUEST_ID_PATTERN
 from gateway.server import uvicorn_options
 from gateway.settings import Settings
-from stack.gateway_limits import size
 from stack.inference_key import InferenceKeyPublisher
 from tests.docs import sources
 from tests.docs.stated import (
@@ -363,11 +362,6 @@ RELIABILITY = [
         "docs/reliability.md",
         "Slow loris: {} connections",
         sources.constant("tests/reliability/test_nasty.py", "SLOW_LORIS_CONNECTIONS"),
-    ),
-    stated(
-        "docs/reliability.md",
-        "get 431 `headers_too_large` after {} while",
-        size(Settings.model_fields["max_header_bytes"].default),
     ),
     stated("docs/reliability.md", "keys that live {:g} s", sources.constant(EXPIRY, "EXPIRY_MIN") * 60),
     stated(

@@ -91,8 +91,8 @@ def targets(cells: Sequence[Cell], ceilings: dict[str, float]) -> list[str]:
     if gw32 and ceilings.get("cola"):
         share = gw32.rps / ceilings["cola"]
         rows.append(
-            f"| /generate at 32 clients >= 75% of the in-process ceiling | {gw32.rps:.1f} of "
-            f"{ceilings['cola']:.1f} texts/s = {share:.0%} | {verdict(share >= 0.75)} |"
+            f"| /generate at 32 clients >= 90% of the in-process ceiling | {gw32.rps:.1f} of "
+            f"{ceilings['cola']:.1f} texts/s = {share:.0%} | {verdict(share >= 0.9)} |"
         )
     for endpoint in ("generate", "predict"):
         cell = find(cells, "gateway", endpoint, 32)
@@ -106,10 +106,11 @@ def targets(cells: Sequence[Cell], ceilings: dict[str, float]) -> list[str]:
     for endpoint in ("generate", "predict"):
         cell = find(cells, "gateway", endpoint, 32)
         if cell and cell.requests and "gateway" in cell.cpu_s:
-            per_request = cell.cpu_s["gateway"] / (cell.requests / cell.repeats) * 1000
+            per_request = {role: cell.cpu_s[role] / (cell.requests / cell.repeats) * 1000
+                           for role in ("gateway", "edge") if role in cell.cpu_s}  # fmt: skip
+            measured = ", ".join(f"{role} {ms:.2f} ms" for role, ms in per_request.items())
             rows.append(
-                f"| the gateway's own CPU per request <= 0.5 ms (/{endpoint}, 32 clients) | {per_request:.2f} ms | "
-                f"{verdict(per_request <= 0.5)} |"
+                f"| CPU per request of the gateway and the edge (/{endpoint}, 32 clients) | {measured} | reported |"
             )
     gw1, nv1 = find(cells, "gateway", "generate", 1), find(cells, "naive", "generate", 1)
     if gw1 and nv1:

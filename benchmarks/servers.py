@@ -226,7 +226,7 @@ class Peer(LocalServer):
 
 @dataclass
 class Stack:
-    """The real stack (``python -m stack start``): TorchServe + gateway, in a private run directory."""
+    """The real stack (``python -m stack start``): the edge (nginx), gateway and TorchServe, in a private run dir."""
 
     store: Path
     run_dir: Path
@@ -270,8 +270,9 @@ class Stack:
             return None
 
     def roles(self) -> dict[str, list[psutil.Process]]:
-        ts_pid, gw_pid = self._pid("torchserve"), self._pid("gateway")
-        return {"gateway": tree(gw_pid) if gw_pid else [], **torchserve_roles(ts_pid)}
+        ts_pid, gw_pid, edge_pid = self._pid("torchserve"), self._pid("gateway"), self._pid("edge")
+        return {"edge": tree(edge_pid) if edge_pid else [], "gateway": tree(gw_pid) if gw_pid else [],
+                **torchserve_roles(ts_pid)}  # fmt: skip
 
     def stop(self) -> None:
         subprocess.run(self._cmd("stop"), cwd=REPO, capture_output=True, timeout=120, check=False)

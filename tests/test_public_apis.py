@@ -1,8 +1,8 @@
 """The serving code uses its HTTP libraries as they ship, through their public APIs (issue 25, item 1): no module of
-gateway/ or stack/ imports an underscore name or an implementation module of uvicorn, starlette, fastapi, httpx or
-aiohttp, reaches for an underscore attribute of them, subclasses a class of uvicorn (its protocols), or imports an
-HTTP parser or transport below them (httptools, h11, httpcore: parsing HTTP is the server's and the client's job).
-Read from the source; nothing is imported."""
+gateway/ or stack/ imports an underscore name or an implementation module of uvicorn, starlette, fastapi, httpx,
+httpx-aiohttp or aiohttp, reaches for an underscore attribute of them, subclasses a class of uvicorn (its protocols),
+or imports an HTTP parser or transport below them (httptools, h11, httpcore: parsing HTTP is the server's and the
+client's job). Read from the source; nothing is imported."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from torchserve_protocol.layout import REPO
 
-LIBRARIES = frozenset({"uvicorn", "starlette", "fastapi", "httpx", "aiohttp"})
+LIBRARIES = frozenset({"uvicorn", "starlette", "fastapi", "httpx", "httpx_aiohttp", "aiohttp"})
 # uvicorn's public surface: uvicorn.run / Config / Server, and uvicorn.config (Config's module; its LOGGING_CONFIG is
 # the documented default logging set-up). Its protocols, loops, lifespan, middleware and supervisors are internals.
 UVICORN_PUBLIC = frozenset({"uvicorn", "uvicorn.config"})

@@ -124,7 +124,10 @@ class Config:
         )
     )
     distill_alpha: float = field(
-        metadata=flag("with --teacher-logits: the soft-label loss's share (the rest is cross-entropy)", default=0.5)
+        metadata=flag(
+            "with --teacher-logits or --student-of: the soft-label loss's share (the rest is cross-entropy)",
+            default=0.5,
+        )
     )
     distill_temperature: float = field(
         metadata=flag(

@@ -145,6 +145,7 @@ def test_a_teacher_is_a_version_of_the_store_or_a_runs_weights_folder(taught: Ta
     assert (found.label, found.folder) == ("cola-1.0", taught.teacher_run / "best")
     assert found.facts == teacher_facts(found.folder) | {"archive": "cola-1.0.mar"}
     assert find_teacher("default", task="cola", store=taught.store) == found  # served.json's default
+    assert find_teacher(str(taught.store / "cola-1.0.mar"), task="cola", store=taught.store) == found
     for folder in (taught.teacher_run, taught.teacher_run / "best"):  # a run folder, or its best/
         by_folder = find_teacher(str(folder), task="cola", store=taught.store)
         assert (by_folder.folder, by_folder.facts) == (taught.teacher_run / "best", teacher_facts(by_folder.folder))
@@ -156,6 +157,9 @@ def test_a_teacher_is_a_version_of_the_store_or_a_runs_weights_folder(taught: Ta
         ("weights gone", "error: teacher cola-1.0: {best} holds no fp32 weights (model.safetensors and config.json; "
          "the archive carries model.onnx only): pass --student-of <its run>/best (the folder that holds its fp32 "
          "weights), or train the teacher again"),
+        ("another model there", "error: teacher cola-1.0: {best} holds another model (trained "
+         "2000-01-01T00:00:00+00:00, the archive's {created}): pass --student-of <its run>/best (the folder that "
+         "holds its fp32 weights), or train the teacher again"),
         ("no such version", "error: --student-of cola-7.0: no archive {store}/cola-7.0.mar and no such folder (pass "
          "cola-<version> of the model store or a run's best/ folder)"),
         ("another task", "error: --student-of sentiment-1.0 is a sentiment model, not cola"),
@@ -178,16 +182,20 @@ def test_a_teacher_that_cannot_teach_is_refused_with_one_line_and_nothing_writte
         store.mkdir()
         spec = ["--student-of"]
     before = sorted(p.name for p in store.iterdir())
-    moved = tmp_path / "moved"
+    moved, best = tmp_path / "moved", taught.teacher_run / "best"
+    kept = (best / "metrics.json").read_text()
     if case == "weights gone":  # the teacher's run folder was deleted after packaging
         shutil.move(taught.teacher_run, moved)
+    elif case == "another model there":  # the run folder was trained into again
+        (best / "metrics.json").write_text(json.dumps(json.loads(kept) | {"created": "2000-01-01T00:00:00+00:00"}))
     try:
         args = ["--task", "cola", "--data-dir", str(taught.data_dir), "--model-store", str(store), *spec]
         assert train([*args, "--output", str(tmp_path / "run")]) == 2
     finally:
         if moved.exists():
             shutil.move(moved, taught.teacher_run)
-    best, empty = taught.teacher_run / "best", tmp_path / "empty"
-    assert one_line_error(capsys) == expected.format(best=best, store=store, empty=empty)
+        (best / "metrics.json").write_text(kept)
+    created, empty = json.loads(kept)["created"], tmp_path / "empty"
+    assert one_line_error(capsys) == expected.format(best=best, store=store, empty=empty, created=created)
     assert sorted(p.name for p in store.iterdir()) == before
     assert not (tmp_path / "run").exists()

@@ -117,6 +117,8 @@ def run(cfg: Config, argv: list[str]) -> Path:
         cfg = replace(cfg, student_layers=begun.layers, student_depth=len(begun.layers))
         base, base_facts = str(begun.folder), begun.base
         soft_labels, teacher_report, live = begun.soft_labels, begun.report, begun.live
+    if prior is not None and prior.teacher is not None:  # a student packaged again still names its teacher
+        teacher_report, base_facts = prior.teacher, prior.base or base_facts
     log.info(
         "task %s: %d train / %d validation / %s test rows; base %s; device %s (%d threads, %s); output %s",
         *(task.name, len(splits.train), len(splits.validation), len(splits.test) if splits.test else 0),

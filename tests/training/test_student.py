@@ -140,6 +140,18 @@ def test_a_student_of_the_served_default_is_its_next_version_and_names_its_teach
     assert predict(loaded, ["I are a boy.", "The boy is happy."], max_length=settings.max_length).shape == (2, 2)
 
 
+def test_a_student_packaged_again_from_its_run_still_names_its_teacher(taught: Taught, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(taught.store, store)
+    args = ["--task", "cola", "--data-dir", str(taught.data_dir), "--model-store", str(store), "--max-eval-rows", "24"]
+    assert train([*args, "--output", str(tmp_path / "again"), "--from-run", str(taught.student_run)]) == 0
+    first, again = (json.loads((run / "metrics.json").read_text()) for run in (taught.student_run, tmp_path / "again"))
+    assert (again["teacher"], again["base"]) == (first["teacher"], first["base"])
+    assert again["hyperparameters"]["student_of"] == "cola-1.0"
+    assert again["hyperparameters"]["student_layers"] == [0, 2]
+    assert "A student of `cola-1.0`" in (store / "cola-3.0.md").read_text()
+
+
 def test_a_teacher_is_a_version_of_the_store_or_a_runs_weights_folder(taught: Taught) -> None:
     found = find_teacher("cola-1.0", task="cola", store=taught.store)
     assert (found.label, found.folder) == ("cola-1.0", taught.teacher_run / "best")

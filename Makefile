@@ -19,14 +19,16 @@ export RUN_DIR     ?= $(abspath run)
 export HF_HUB_OFFLINE ?= 1
 #: the same for transformers
 export TRANSFORMERS_OFFLINE ?= 1
-#: the task `make train` fine-tunes: cola or sentiment
+#: the task `make train` fine-tunes and `make student` distils: cola or sentiment
 TASK ?= cola
 #: the base model training uses (mpnet, minilm, a hub id, a folder); unset: each task's default. `make serve BASE_MODEL=minilm` is the fast path
 BASE_MODEL ?=
+#: the teacher `make student` cuts a student from: <task>-<version> of the store (e.g. cola-1.0) or a run's best/ folder; unset: the task's served default (served.json)
+TEACHER ?=
 #: where `make venv` looks for the torch CPU wheel first (the default index after a 5 s timeout)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: help venv peer mpnet java browser wrk nginx serve start stop status train test test-slow test-compose test-real-size bench bench-batching bench-shadow examples soak lint format clean
+.PHONY: help venv peer mpnet java browser wrk nginx serve start stop status train student test test-slow test-compose test-real-size bench bench-batching bench-shadow examples soak lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -101,6 +103,10 @@ status: venv  ## what runs (TorchServe, gateway, edge); each model's versions, d
 
 train: $(BASE_DEPS)  ## fine-tune TASK=cola|sentiment (BASE_MODEL=mpnet|minilm|path) and package a new versioned .mar into model_store/
 	$(PY) -m training.train --task $(TASK) --model-store $(MODEL_STORE)
+
+# The teacher's own folder holds everything a student needs: no base model's weights to install.
+student: venv  ## distil TASK's served default (or TEACHER=cola-1.0) into a student of half its layers: the next version of TASK
+	$(PY) -m training.train --task $(TASK) --model-store $(MODEL_STORE) --student-of $(TEACHER)
 
 lint: venv  ## ruff (lint + format check), mypy and the layering contracts (lint-imports: docs/architecture.md)
 	$(VENV)/bin/ruff check .

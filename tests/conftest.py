@@ -15,6 +15,7 @@ from stack.management import Management
 from stack.reconcile import Reconciler
 from stack.torchserve import CONFIG, Ports, StackError, TorchServe
 from stack.worker_watch import WorkerWatch
+from tests.students import Taught, teach_and_distil
 from tests.tiny_models import COLA_LABELS, SENTIMENT_LABELS, make_tiny_classifier
 from torchserve_protocol.store import ModelState, State, VersionState, write_state
 from torchserve_protocol.workers import workers_file_beside
@@ -130,6 +131,13 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "cola": make_tiny_classifier(root / "cola", COLA_LABELS, seed=1),
         "sentiment": make_tiny_classifier(root / "sentiment", SENTIMENT_LABELS, seed=2),
     }
+
+
+@pytest.fixture(scope="session")
+def taught(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Taught:
+    """A tiny cola teacher trained on a few rows (``cola-1.0``, served by default) and its student (``cola-2.0``,
+    ``--student-of`` alone), both really trained; tests that change the store copy its archives first."""
+    return teach_and_distil(tmp_path_factory.mktemp("taught"), data_dir)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,13 @@ import string
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizerFast,
+    MPNetConfig,
+    MPNetForSequenceClassification,
+)
 
 from training.onnx_build import CALIBRATION_FILE
 
@@ -87,24 +93,31 @@ def write_vocab(path: Path) -> Path:
     return path
 
 
-def make_tiny_classifier(out_dir: Path, labels: tuple[str, ...], *, seed: int = 0) -> Path:
-    """Save a 2-layer, 32-wide BERT classifier with ``id2label`` and its tokenizer into ``out_dir``."""
+def make_tiny_classifier(
+    out_dir: Path, labels: tuple[str, ...], *, seed: int = 0, layers: int = 2, mpnet: bool = False
+) -> Path:
+    """Save a 2-layer (``layers``), 32-wide BERT (or, with ``mpnet``, MPNet: relative-attention bias) classifier
+    with ``id2label`` and its tokenizer into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab = write_vocab(out_dir / "vocab.txt")
     tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        initializer_range=0.2,  # large random weights, so different texts get clearly different outputs
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
+    shape = {
+        "vocab_size": tokenizer.vocab_size,
+        "hidden_size": 32,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "initializer_range": 0.2,  # large random weights, so different texts get clearly different outputs
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+    model = (
+        # MPNet counts positions from its padding id + 1: [PAD] is 0 in this vocabulary
+        MPNetForSequenceClassification(MPNetConfig(**shape, max_position_embeddings=130, pad_token_id=0))
+        if mpnet
+        else BertForSequenceClassification(BertConfig(**shape, max_position_embeddings=128))
     )
-    model = BertForSequenceClassification(config)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     write_calibration_texts(out_dir, seed=seed)

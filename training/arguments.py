@@ -28,7 +28,10 @@ PROG = "python -m training.train"
 DESCRIPTION = (
     "Fine-tune a sequence classifier for one task, evaluate every epoch, keep the best, check int8, package a .mar."
 )
-POSITIVE = ("epochs", "schedule_epochs", "batch_size", "max_length", "log_every", "max_train_rows", "max_eval_rows")
+POSITIVE = ("epochs", "schedule_epochs", "batch_size", "max_length", "log_every", "max_train_rows", "max_eval_rows",
+            "student_depth")  # fmt: skip
+SERVED_DEFAULT = "default"  # bare --student-of: the task's served default (the model store's served.json)
+STUDENT_ONLY = ("student_layers", "student_depth", "hidden_loss_weight")
 
 
 class TrainingError(RuntimeError):
@@ -121,10 +124,48 @@ class Config:
         )
     )
     distill_alpha: float = field(
-        metadata=flag("with --teacher-logits: the soft-label loss's share (the rest is cross-entropy)", default=0.5)
+        metadata=flag(
+            "with --teacher-logits or --student-of: the soft-label loss's share (the rest is cross-entropy)",
+            default=0.5,
+        )
     )
     distill_temperature: float = field(
-        metadata=flag("with --teacher-logits: the softmax temperature both logits are compared at", default=2.0)
+        metadata=flag(
+            "with --teacher-logits or --student-of: the softmax temperature both logits are compared at", default=2.0
+        )
+    )
+    # a student: k layers of a finished teacher, trained on its live soft labels (training/student.py)
+    student_of: str | None = field(
+        metadata=flag(
+            "train a student of a finished teacher: <task>-<version> of the model store (its run's best/ weights) or a "
+            "run's best/ folder; alone: the task's served default (served.json). The student starts from k of the "
+            "teacher's layers with its tokenizer and labels and trains on its soft labels, augmented texts included",
+            nargs="?",
+            const=SERVED_DEFAULT,
+            metavar="TEACHER",
+        )
+    )
+    student_layers: tuple[int, ...] = field(
+        metadata=flag(
+            "with --student-of: the teacher's encoder layers (from 0) the student's layers are copied from, in order "
+            "(default: an even spread of --student-depth)",
+            default=(),
+            type=int,
+        )
+    )
+    student_depth: int | None = field(
+        metadata=flag(
+            "with --student-of: the student's layers k, copied from layers i x n // k of the teacher's n (default: "
+            "half of them, about twice the teacher's speed; of 12: layers 0, 2, 4, 6, 8, 10; k = 8: 0, 1, 3, 4, 6, 7, "
+            "9, 10)"
+        )
+    )
+    hidden_loss_weight: float = field(
+        metadata=flag(
+            "with --student-of: the weight of an MSE between each student layer's output and the output of the "
+            "teacher layer it was copied from (the teacher runs beside the student; 0: soft labels only)",
+            default=0.0,
+        )
     )
     log_every: int = field(metadata=flag("log a progress line every N steps", default=20))
     # "bf16" (autocast) or "fp32" once the run knows its device; "auto" until then
@@ -173,6 +214,7 @@ def parse_args(argv: list[str] | None) -> Config:
             raise TrainingError(f"--{name.replace('_', '-')} must be a positive integer, not {value}")
     if not 0 <= a.distill_alpha <= 1 or a.distill_temperature <= 0:
         raise TrainingError("--distill-alpha must be within [0, 1] and --distill-temperature positive")
+    check_student(a)
     if a.version is not None and not VERSION_RE.match(a.version):
         raise TrainingError(f"--version {a.version!r} must look like 1, 1.0 or 1.0.2")
     try:
@@ -180,7 +222,9 @@ def parse_args(argv: list[str] | None) -> Config:
     except DataError as exc:
         raise TrainingError(str(exc)) from None
     base = a.base_model or os.environ.get("BASE_MODEL") or task.base_model
-    recipe = task.recipe(base)
+    # a student trains by its task's default recipe (the served default's, which it is a student of) until
+    # measurement picks one of its own; its base, the teacher's layers, is known once the teacher is read (train.py)
+    recipe = task.recipe(task.base_model if a.student_of is not None else base)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     resolved = {
         "data_dir": default_data_dir(),
@@ -191,6 +235,8 @@ def parse_args(argv: list[str] | None) -> Config:
         "warmup_ratio": recipe.warmup_ratio,
         "augment": NONE if a.teacher_logits else recipe.augment,  # a teacher's logits cover the data's own texts
     }
+    if a.student_layers and a.student_depth is None:
+        a.student_depth = len(a.student_layers)
     if a.schedule_epochs is None:
         from_recipe = a.epochs is None and recipe.schedule_epochs is not None
         a.schedule_epochs = recipe.schedule_epochs if from_recipe else (a.epochs or recipe.epochs)
@@ -203,4 +249,25 @@ def parse_args(argv: list[str] | None) -> Config:
         raise TrainingError(
             f"--schedule-epochs ({values['schedule_epochs']}) must be at least --epochs ({values['epochs']})"
         )
-    return Config(**(values | {"base_model": base, "keep_fp32": tuple(a.keep_fp32)}))
+    tuples = {"keep_fp32": tuple(a.keep_fp32), "student_layers": tuple(a.student_layers)}
+    return Config(**(values | {"base_model": base} | tuples))
+
+
+def check_student(a: argparse.Namespace) -> None:
+    """The student flags go with --student-of, which brings its own base model and soft labels."""
+    if a.student_of is None:
+        given = [name for name in STUDENT_ONLY if getattr(a, name) not in (None, [], 0.0)]
+        if given:
+            raise TrainingError(f"--{given[0].replace('_', '-')} applies to a student: add --student-of")
+        return
+    clashing = [name for name in ("base_model", "teacher_logits", "from_run") if getattr(a, name) is not None]
+    if clashing:
+        raise TrainingError(
+            f"--student-of starts from its teacher's layers and soft labels: drop --{clashing[0].replace('_', '-')}"
+        )
+    if a.hidden_loss_weight < 0:
+        raise TrainingError(f"--hidden-loss-weight must be 0 or more, not {a.hidden_loss_weight}")
+    if a.student_layers and a.student_depth is not None and a.student_depth != len(a.student_layers):
+        raise TrainingError(
+            f"--student-depth {a.student_depth} does not match the {len(a.student_layers)} --student-layers"
+        )

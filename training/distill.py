@@ -7,6 +7,10 @@ file holds one logit vector per training text, keyed by the sha256 of the text (
 teacher's facts (its run's metrics, base weights, the data files' hashes) so a student run can refuse logits that
 belong to other data. ``training.train --teacher-logits FILE`` trains on ``alpha`` x the soft-label loss (KL at
 ``temperature``, scaled by its square) + ``1 - alpha`` x the usual cross-entropy.
+
+A student of a finished teacher (``--student-of``, training/student.py) computes the same logits here at the start of
+its run, for every training text (augmented ones too), and may also learn the teacher's hidden states
+(:func:`hidden_state_loss`, with the teacher running beside it: :class:`LiveTeacher`).
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import hashlib
 import json
 import logging
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding, PreTrainedModel
 
 from training.arguments import TrainingError
 from training.batches import by_length
@@ -51,6 +58,41 @@ def distillation_loss(
     return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student, labels)
 
 
+def hidden_state_loss(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], layers: Sequence[int], mask: torch.Tensor
+) -> torch.Tensor:
+    """The mean over the student's layers j of the MSE between its layer j's output (``hidden_states[j + 1]``) and
+    the output of the teacher layer it was copied from (``hidden_states[layers[j] + 1]``), over real tokens only:
+    padding, whose states mean nothing, is masked out."""
+    keep = mask.unsqueeze(-1).float()
+    values = keep.sum() * student[0].shape[-1]
+    losses = [
+        ((s.float() - teacher[t + 1].float()) ** 2 * keep).sum() / values
+        for s, t in zip(student[1:], layers, strict=True)
+    ]
+    return torch.stack(losses).mean()
+
+
+@dataclass(frozen=True)
+class LiveTeacher:
+    """The teacher beside a student in training, for the hidden-state loss (``--hidden-loss-weight``)."""
+
+    model: PreTrainedModel  # in eval mode, never trained
+    layers: tuple[int, ...]  # the teacher layer each student layer was copied from
+    weight: float
+
+    def loss(self, student_hidden: Sequence[torch.Tensor], enc: BatchEncoding) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_hidden = self.model(**enc, output_hidden_states=True).hidden_states
+        return self.weight * hidden_state_loss(student_hidden, teacher_hidden, self.layers, enc["attention_mask"])
+
+
+def load_teacher(folder: Path) -> PreTrainedModel:
+    """A fine-tuned teacher's fp32 model, in eval mode (safetensors only: nothing is unpickled)."""
+    model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+    return model.eval()
+
+
 def teacher_facts(teacher: Path) -> dict[str, Any]:
     """What the teacher's own run reported (metrics.json beside its weights, as training leaves it in best/)."""
     try:
@@ -59,6 +101,7 @@ def teacher_facts(teacher: Path) -> dict[str, Any]:
         return {"folder": str(teacher)}
     return {
         "folder": str(teacher),
+        "created": run.get("created"),
         "command": run.get("command"),
         "base_model": run.get("base_model"),
         "base_weights_sha256": (run.get("base") or {}).get("weights_sha256"),
@@ -71,11 +114,9 @@ def teacher_facts(teacher: Path) -> dict[str, Any]:
 @torch.inference_mode()
 def teacher_logits(teacher: Path, texts: list[str], *, max_length: int, batch_size: int = 64) -> np.ndarray:
     """The teacher's fp32 logits for ``texts``, in their order (batches of similar-length texts)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    model = AutoModelForSequenceClassification.from_pretrained(teacher, use_safetensors=True).eval()
+    model = load_teacher(teacher)
     tokenizer = AutoTokenizer.from_pretrained(teacher)
-    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    out = np.zeros((len(texts), int(model.config.num_labels or 0)), dtype=np.float32)
     batches = by_length(texts, batch_size)
     for step, idx in enumerate(batches, start=1):
         enc = tokenizer(

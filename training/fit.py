@@ -25,7 +25,7 @@ from transformers import (
 from training.arguments import Config, TrainingError
 from training.base_models import BASE_MODELS
 from training.batches import by_length, make_batches
-from training.distill import distillation_loss
+from training.distill import LiveTeacher, distillation_loss
 from training.tasks import Examples, Splits, Task, compute_metrics, fmt
 
 log = logging.getLogger("training")
@@ -139,9 +139,11 @@ def train_epoch(
     device: torch.device,
     epoch: int,
     soft_labels: np.ndarray | None = None,
+    live: LiveTeacher | None = None,
 ) -> float:
     """One pass over ``batches``; returns the mean training loss. Logs a progress line every ``log_every`` steps.
-    With ``soft_labels`` (a teacher's logits per training text) the loss is :func:`distillation_loss`."""
+    With ``soft_labels`` (a teacher's logits per training text) the loss is :func:`distillation_loss`, plus with
+    ``live`` (the teacher itself) its hidden-state loss."""
     model.train()
     total, start = 0.0, time.perf_counter()
     for step, idx in enumerate(batches, start=1):
@@ -153,13 +155,16 @@ def train_epoch(
             if soft_labels is None:
                 loss = model(**enc, labels=labels).loss
             else:
+                out = model(**enc, output_hidden_states=live is not None)
                 loss = distillation_loss(
-                    model(**enc).logits,
+                    out.logits,
                     torch.from_numpy(soft_labels[idx]).to(device),
                     labels,
                     alpha=cfg.distill_alpha,
                     temperature=cfg.distill_temperature,
                 )
+                if live is not None:
+                    loss = loss + live.loss(out.hidden_states, enc)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -185,9 +190,11 @@ def fit(
     *,
     base: str,
     soft_labels: np.ndarray | None = None,
+    live: LiveTeacher | None = None,
 ) -> FitResult:
     """Train for ``cfg.epochs``, evaluating after each; the best epoch's model is saved to ``best_dir``.
-    ``soft_labels``: a teacher's logits per training text (``training.distill``)."""
+    ``soft_labels``: a teacher's logits per training text (``training.distill``); ``live``: the teacher itself,
+    for a student's hidden-state loss."""
     set_seed(cfg.seed)
     model, tokenizer = build_model(base, task.labels, safetensors_only=cfg.base_model in BASE_MODELS)
     model = model.to(device)  # type: ignore[arg-type]
@@ -207,6 +214,7 @@ def fit(
         loss = train_epoch(
             model, tokenizer, splits.train, batches,
             optimizer=optimizer, scheduler=scheduler, cfg=cfg, device=device, epoch=epoch, soft_labels=soft_labels,
+            live=live,
         )  # fmt: skip
         t1 = time.perf_counter()
         preds = evaluate(

@@ -81,6 +81,8 @@ def write_plots(r: RunReport, out: Path) -> None:
 
 def base_line(r: RunReport) -> str:
     """``mpnet`` (= sentence-transformers/all-mpnet-base-v2, weights sha256 ...) or the path / hub id given."""
+    if "teacher" in r.base:  # a student (training/student.py)
+        return f"layers {r.base['layers']} of `{r.base['teacher']}` (its base: `{r.base['teacher_base']}`)"
     if "upstream" in r.base:
         return f"`{r.base['name']}` (= `{r.base['upstream']}`, weights sha256 `{r.base['weights_sha256']}`)"
     return f"`{r.config.base_model}`"
@@ -98,11 +100,23 @@ def augmentation_lines(r: RunReport) -> list[str]:
 
 
 def teacher_lines(r: RunReport) -> list[str]:
-    """With ``--teacher-logits``: which teacher the soft labels came from, and how good it was."""
+    """With ``--teacher-logits`` or ``--student-of``: which teacher the soft labels came from, and how good it was."""
     if r.teacher is None:
         return []
     t = r.teacher.get("teacher", {})
     scores = ", ".join(f"{METRIC_NAMES.get(k, k)} {v:.4f}" for k, v in (t.get("best_validation") or {}).items())
+    if r.config.student_of is not None:
+        hidden = r.config.hidden_loss_weight
+        return [
+            "",
+            f"A student of `{r.config.student_of}` (teacher weights `{t.get('folder')}`; base `{t.get('base_model')}`,"
+            f" validation {scores or 'not recorded'}): its {len(r.config.student_layers)} layers started as the "
+            f"teacher's layers {', '.join(map(str, r.config.student_layers))} (of {r.teacher.get('teacher_layers')}),"
+            " its embeddings, head, tokenizer and labels are the teacher's, and it learned the teacher's soft labels "
+            f"for every training text (soft-label share {r.config.distill_alpha:g}, temperature "
+            f"{r.config.distill_temperature:g})"
+            + (f" and those layers' hidden states (weight {hidden:g})." if hidden else "."),
+        ]
     return [
         "",
         f"Distilled (soft-label share {r.config.distill_alpha:g}, temperature {r.config.distill_temperature:g}) from "

@@ -19,6 +19,8 @@ from training.int8_check import Int8Check
 from training.tasks import EvaluatedRows, Task
 
 RETRAINED = ("base_model", "epochs", "lr", "warmup_ratio", "precision")  # what --from-run takes from the first run
+# a student's, so that its report still names its teacher (runs from before students had none of them)
+STUDENT = {"student_of": None, "student_layers": (), "student_depth": None, "hidden_loss_weight": 0.0}
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,8 @@ class FinishedRun:
     trained: dict[str, Any]  # RETRAINED's values
     fit: FitResult
     command: str
+    teacher: dict[str, Any] | None = None  # a student's: its report's "teacher"
+    base: dict[str, str] | None = None  # a student's: its report's "base" (which layers of which teacher)
 
     @property
     def trained_by(self) -> TrainedBy:
@@ -136,7 +140,10 @@ def read_finished_run(folder: Path, task: Task) -> FinishedRun:
         # runs from before --schedule-epochs and --augment decayed over exactly their epochs, with no extra rows
         trained["schedule_epochs"] = hyper.get("schedule_epochs", hyper["epochs"])
         trained["augment"] = hyper.get("augment", NONE)
-        return FinishedRun(folder, trained, FitResult(epochs, prior["best_epoch"]), prior["command"])
+        trained |= {k: hyper.get(k, default) for k, default in STUDENT.items()}
+        trained["student_layers"] = tuple(trained["student_layers"])
+        student = (prior.get("teacher"), prior.get("base")) if trained["student_of"] else (None, None)
+        return FinishedRun(folder, trained, FitResult(epochs, prior["best_epoch"]), prior["command"], *student)
     except (KeyError, TypeError, AttributeError) as exc:
         raise TrainingError(
             f"--from-run {folder}: metrics.json lacks {exc} (not a run of this training code)"

@@ -7,7 +7,8 @@ model exactly as the handler serves it (fp32 and int8) -> report (metrics.json, 
 next version into the model store, unless int8 loses more than ``--max-int8-drop`` of the task's metric.
 
 This module orchestrates; the jobs live beside it: ``arguments`` (the command line), ``fit`` (fine-tuning),
-``int8_check`` (what the handler serves), ``run_report`` and ``report`` (metrics.json, plots, model card).
+``int8_check`` (what the handler serves), ``run_report`` and ``report`` (metrics.json, plots, model card); a
+student (``--student-of``) starts from ``student`` and learns from ``distill``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from torchserve_protocol.archives import archive_name
-from training import distill, int8_check, onnx_build, report
+from training import distill, int8_check, onnx_build, report, student
 from training.arguments import PROG, Config, TrainingError, parse_args
 from training.augment import augmented
 from training.base_models import BaseModelError, resolve
@@ -95,6 +96,7 @@ def run(cfg: Config, argv: list[str]) -> Path:
             f"{cfg.model_store / archive_name(task.name, version)} already exists: pick another --version"
         )
     prior = read_finished_run(cfg.from_run, task) if cfg.from_run else None
+    teacher = student.find_teacher(cfg.student_of, task=task.name, store=cfg.model_store) if cfg.student_of else None
     if prior is not None:  # the settings the model was trained with, for the report and the card
         cfg = replace(cfg, **prior.trained)
     splits = load_data(task, cfg)
@@ -102,10 +104,21 @@ def run(cfg: Config, argv: list[str]) -> Path:
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))
-    soft_labels, teacher = (
+    soft_labels, teacher_report = (
         distill.read(cfg.teacher_logits, task=task.name, splits=splits) if cfg.teacher_logits else (None, None)
     )
-    base, base_facts = resolve(cfg.base_model)
+    live: distill.LiveTeacher | None = None
+    if teacher is None:
+        base, base_facts = resolve(cfg.base_model)
+    else:  # the student's base is the teacher cut to k layers; its soft labels cover every training text
+        cfg.output.mkdir(parents=True, exist_ok=True)
+        begun = student.start(teacher, cfg, labels=task.labels, texts=splits.train.texts, device=device)
+        cfg = replace(cfg, base_model=str(begun.folder), student_of=teacher.label)
+        cfg = replace(cfg, student_layers=begun.layers, student_depth=len(begun.layers))
+        base, base_facts = str(begun.folder), begun.base
+        soft_labels, teacher_report, live = begun.soft_labels, begun.report, begun.live
+    if prior is not None and prior.teacher is not None:  # a student packaged again still names its teacher
+        teacher_report, base_facts = prior.teacher, prior.base or base_facts
     log.info(
         "task %s: %d train / %d validation / %s test rows; base %s; device %s (%d threads, %s); output %s",
         *(task.name, len(splits.train), len(splits.validation), len(splits.test) if splits.test else 0),
@@ -117,7 +130,7 @@ def run(cfg: Config, argv: list[str]) -> Path:
     best_dir = cfg.output / "best"
     t0 = time.perf_counter()
     if prior is None:
-        fitted = fit(task, splits, cfg, device, best_dir, base=base, soft_labels=soft_labels)
+        fitted = fit(task, splits, cfg, device, best_dir, base=base, soft_labels=soft_labels, live=live)
     else:
         shutil.copytree(prior.folder / "best", best_dir)
         fitted = prior.fit
@@ -156,7 +169,7 @@ def run(cfg: Config, argv: list[str]) -> Path:
         validation_rows=EvaluatedRows.of(splits.validation, split="validation", seed=cfg.seed),
         fit=fitted,
         trained_by=prior.trained_by if prior else None,
-        teacher=teacher,
+        teacher=teacher_report,
         test=test,
         quantization=check,
         timing=Timing(train_and_eval=round(t1 - t0, 1), quantization_check=round(t2 - t1, 1)),

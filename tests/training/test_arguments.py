@@ -16,7 +16,8 @@ FLAGS = {
     "--batch-size",
     "--lr", "--weight-decay", "--warmup-ratio", "--seed", "--max-length", "--max-train-rows", "--max-eval-rows",
     "--max-int8-drop", "--quantization", "--keep-fp32", "--engine", "--augment", "--no-group-by-length", "--int8-study",
-    "--from-run", "--teacher-logits", "--distill-alpha", "--distill-temperature", "--log-every", "--precision",
+    "--from-run", "--teacher-logits", "--distill-alpha", "--distill-temperature", "--student-of", "--student-layers",
+    "--student-depth", "--hidden-loss-weight", "--log-every", "--precision",
 }  # fmt: skip
 
 
@@ -73,6 +74,21 @@ def test_the_augmentation_comes_from_the_recipe_unless_a_teacher_or_a_flag_says_
     assert parse_args(["--task", "sentiment"]).augment == "none"
 
 
+def test_a_student_names_its_teacher_or_takes_the_served_default_and_trains_by_the_default_recipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BASE_MODEL", "minilm")  # a student's base is its teacher, whatever the environment says
+    cfg = parse_args(["--task", "cola", "--student-of"])
+    recipe = TASKS["cola"].recipe(TASKS["cola"].base_model)
+    assert (cfg.student_of, cfg.student_layers, cfg.student_depth, cfg.hidden_loss_weight) == ("default", (), None, 0)
+    assert (cfg.epochs, cfg.lr, cfg.warmup_ratio, cfg.augment) == (recipe.epochs, recipe.lr, 0.1, "agreement")
+    cfg = parse_args(["--task", "cola", "--student-of", "cola-1.0", "--student-layers", "0", "3", "7", "11"])
+    assert (cfg.student_of, cfg.student_layers, cfg.student_depth) == ("cola-1.0", (0, 3, 7, 11), 4)
+    cfg = parse_args(["--task", "cola", "--student-of", "--student-depth", "8", "--hidden-loss-weight", "0.1"])
+    assert (cfg.student_of, cfg.student_depth, cfg.hidden_loss_weight) == ("default", 8, 0.1)
+    assert parse_args(["--task", "sentiment", "--student-of", "--epochs", "3"]).epochs == 3
+
+
 def test_flags_override_the_defaults() -> None:
     cfg = parse_args(
         ["--task", "sentiment", "--base-model", "/models/x", "--epochs", "1", "--lr", "1e-4", "--keep-fp32", "a", "b",
@@ -94,6 +110,20 @@ def test_flags_override_the_defaults() -> None:
         (["--task", "sentiment", "--augment", "agreement"], "--augment agreement does not apply to task sentiment"),
         (["--augment", "agreement", "--teacher-logits", "t.jsonl"], "--teacher-logits has logits for the training"),
         (["--epochs", "3", "--schedule-epochs", "2"], r"--schedule-epochs \(2\) must be at least --epochs \(3\)"),
+        (["--student-depth", "6"], "--student-depth applies to a student: add --student-of"),
+        (["--hidden-loss-weight", "1"], "--hidden-loss-weight applies to a student: add --student-of"),
+        (
+            ["--student-of", "--base-model", "minilm"],
+            "--student-of starts from its teacher's layers and soft labels: drop --base-model",
+        ),
+        (["--student-of", "--teacher-logits", "t.jsonl"], "drop --teacher-logits"),
+        (["--student-of", "--from-run", "r"], "drop --from-run"),
+        (["--student-of", "--student-depth", "0"], "--student-depth must be a positive integer, not 0"),
+        (["--student-of", "--hidden-loss-weight", "-1"], "--hidden-loss-weight must be 0 or more, not -1.0"),
+        (
+            ["--student-of", "--student-depth", "3", "--student-layers", "0", "6"],
+            "--student-depth 3 does not match the 2 --student-layers",
+        ),
     ],
 )
 def test_bad_values_are_one_line_errors(argv: list[str], message: str) -> None:

@@ -14,7 +14,7 @@ from training.calibration import temperature_study
 from training.fit import EpochResult, FitResult
 from training.int8_check import BatchInvariance, Int8Check, Scored, Served
 from training.report import model_card, write_plots
-from training.run_report import Packaging, RunReport, Timing, TrainedBy, read_finished_run
+from training.run_report import STUDENT, Packaging, RunReport, Timing, TrainedBy, read_finished_run
 from training.tasks import EvaluatedRows, get_task
 
 METRICS_JSON_KEYS = [
@@ -82,10 +82,12 @@ def test_a_finished_run_reads_back_what_it_wrote(tmp_path: Path) -> None:
     assert prior.fit == report.fit
     generic = {"epochs": 3, "lr": 5e-5, "warmup_ratio": 0.0}  # a folder as the base: the generic recipe
     trained = {"base_model": "/models/tiny", **generic, "precision": "auto", "schedule_epochs": 3, "augment": "none"}
+    trained |= STUDENT  # not a student: none of a student's settings
     assert prior.trained == trained
+    assert (prior.teacher, prior.base) == (None, None)
     assert prior.trained_by == TrainedBy(str(folder), report.command)
-    older = report.as_json()  # a run from before --schedule-epochs and --augment
-    for name in ("schedule_epochs", "augment"):
+    older = report.as_json()  # a run from before --schedule-epochs, --augment and --student-of
+    for name in ("schedule_epochs", "augment", *STUDENT):
         del older["hyperparameters"][name]
     (folder / "metrics.json").write_text(json.dumps(older))
     assert read_finished_run(folder, get_task("cola")).trained == trained

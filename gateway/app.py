@@ -2,8 +2,8 @@
 the settings from the environment; tests pass settings and a fake upstream transport.
 
 The lifespan owns the one :class:`httpx.AsyncClient` to TorchServe (on :class:`gateway.upstream.UpstreamTransport`,
-explicit timeouts and a bounded pool) and hands the :class:`~gateway.torchserve.TorchServeClient` built on it to requests through the lifespan
-state (``request.state.torchserve``).
+explicit timeouts and a bounded pool) and hands the :class:`~gateway.torchserve.TorchServeClient` built on it to
+requests through the lifespan state (``request.state.torchserve``).
 """
 
 from __future__ import annotations

@@ -37,7 +37,11 @@ def half_heads(host: str, port: int) -> None:
     while True:
         time.sleep(5)  # the edge closes a half head after 10 s (client_header_timeout): reopened within 5 s
         live = [s for s in held if s is not None]
-        closed = set(select.select(live, [], [], 0)[0])  # readable: the edge closed it (or refused it at accept)
+        poller = select.poll()  # not select(): 1,000 connections take descriptors over its limit of 1,023
+        for sock in live:
+            poller.register(sock, select.POLLIN)
+        readable = {fd for fd, _ in poller.poll(0)}  # readable: the edge closed it (or refused it at accept)
+        closed = {sock for sock in live if sock.fileno() in readable}
         for i, sock in enumerate(held):
             if sock is None or sock in closed:
                 if sock is not None:

@@ -112,9 +112,7 @@ def test_readme_curls_answer_the_legacy_contracts(compose: Compose) -> None:
 
 # The hostile-client tests that hold through docker-proxy: every host client reaches the edge from ONE address (the
 # proxy's), so the per-address ones need clients in containers of their own on the compose network: issue 25's 1,000
-# half heads runs so below; tests/edge's 256 connections and 429 past 64 requests are not run here. The reliability
-# tests whose former bound nobody holds (408 at the header deadline, 503 past the cap, the linger byte bound, lingering
-# connections closed to make room) fail in `make test` already and are not repeated here.
+# half heads runs so below; tests/edge's 256 connections and 429 past 64 requests are not run here.
 HOSTILE_THROUGH_THE_PROXY = [
     "tests/edge/test_edge.py::test_a_bad_head_gets_the_gateways_json_refusal_and_the_connection_closes",
     "tests/edge/test_edge.py::test_101_header_lines_are_refused_by_the_gateway_behind_the_edge",
@@ -123,7 +121,6 @@ HOSTILE_THROUGH_THE_PROXY = [
     "tests/edge/test_edge.py::test_slow_heads_stalled_bodies_and_idle_connections_are_closed_at_their_timeouts",
     "tests/edge/test_edge.py::test_an_answer_given_while_the_client_sends_comes_whole_then_a_clean_end",
     "tests/edge/test_edge.py::test_a_client_that_keeps_sending_after_its_answer_is_cut_off_at_the_lingering_time",
-    "tests/reliability/test_limits.py::test_101_header_lines_get_a_json_431_through_the_edge",
     "tests/reliability/test_limits.py::test_many_idle_connections_do_not_starve_a_real_request",
 ]
 

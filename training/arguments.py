@@ -111,6 +111,13 @@ class Config:
             default=False,
         )
     )
+    int8_per_module: bool = field(
+        metadata=flag(
+            "after the first int8 setting within --max-int8-drop, try int8 for each module it keeps fp32, one at a "
+            "time, and keep int8 every one that stays within the bound (always on for --student-of)",
+            default=False,
+        )
+    )
     # a finished run folder: skip fine-tuning, re-check and package its best/
     from_run: Path | None = field(
         metadata=flag(

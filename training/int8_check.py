@@ -97,6 +97,7 @@ class CheckConfig:
     max_length: int
     threads: int
     study: bool = False  # also score the slower fallbacks and the report-only settings (docs/training.md's tables)
+    per_module: bool = False  # then try int8 for the chosen setting's fp32 modules, one module at a time
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,9 @@ def compare(
             row.drop,
             100 * row.flips,
         )
+    if chosen is not None and chosen_probs is not None and chosen.served.keep_fp32 and cfg.per_module:
+        tried, chosen, chosen_probs = per_module(chosen, chosen_probs, cfg, probabilities, val, fp32_preds, task.metric)
+        scored += tried
     result = Int8Check(
         metric=task.metric,
         max_drop=cfg.metric_drop,
@@ -282,6 +286,39 @@ def compare(
         fp32_test=fp32_test,
         calibration=temperature_study(chosen_probs, val.labels, test_probs, test.labels),
     )
+
+
+def per_module(
+    chosen: Scored,
+    probs: np.ndarray,
+    cfg: CheckConfig,
+    probabilities: Callable[[Examples, Served], np.ndarray],
+    val: Examples,
+    fp32_preds: list[int],
+    metric: str,
+) -> tuple[list[Scored], Scored, np.ndarray]:
+    """int8 for more of the modules ``chosen`` keeps fp32, with a quality check per module: each made int8 alone (the
+    rest as chosen) and scored; then, least harmful first, each one that stayed within the bound alone joins the int8
+    modules if the whole still does. Returns every row scored, the setting served and its probabilities."""
+
+    def scored(keep: tuple[str, ...]) -> tuple[Scored, np.ndarray]:
+        candidate = Candidate(replace(chosen.served, keep_fp32=keep))
+        p = probabilities(val, candidate.served)
+        row = score(candidate, p, val.labels, fp32_preds=fp32_preds, metric=metric)
+        log.info("int8 per module: %d kept fp32: %s (drop %.4f)", len(keep), fmt(row.validation), row.drop)
+        return row, p
+
+    kept = chosen.served.keep_fp32
+    alone = {module: scored(tuple(m for m in kept if m != module)) for module in kept}
+    tried = [row for row, _ in alone.values()]
+    for module in sorted((m for m in kept if alone[m][0].drop <= cfg.metric_drop), key=lambda m: alone[m][0].drop):
+        keep = tuple(m for m in chosen.served.keep_fp32 if m != module)
+        row, p = alone[module] if len(keep) == len(kept) - 1 else scored(keep)
+        if row.drop <= cfg.metric_drop:
+            chosen, probs = row, p
+        if row is not alone[module][0]:
+            tried.append(row)
+    return tried, chosen, probs
 
 
 def batch_invariance(model_dir: Path, ex: Examples, settings: Settings) -> BatchInvariance:

@@ -145,6 +145,7 @@ def run(cfg: Config, argv: list[str]) -> Path:
         max_length=cfg.max_length,
         threads=threads,
         study=cfg.int8_study,
+        per_module=cfg.int8_per_module or cfg.student_of is not None,  # a student is made for speed
     )
     check = int8_check.check(task, splits, check_cfg, best_dir, cfg.output)
     t2 = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -90,3 +91,25 @@ def test_a_negative_bound_chooses_nothing(tiny_models: dict[str, Path], data_dir
     assert result.batch_invariance is None
     assert all(c.eligible for c in result.candidates)  # every servable setting was tried, none qualified
     assert result.as_dict()["chosen"] is None
+
+
+def test_per_module_makes_int8_each_module_kept_fp32_that_stays_within_the_bound(
+    tiny_models: dict[str, Path], data_dir: Path, tmp_path: Path
+) -> None:
+    task = get_task("cola")
+    full = task.load(data_dir)
+    splits = Splits(full.train.subset(8, seed=0), full.validation.subset(24, seed=0), None)
+    kept = ("bert.encoder.layer.0.output.dense", "bert.encoder.layer.1.output.dense")
+    fixed = config(quantization="per_channel", keep_fp32=kept, metric_drop=1.0)  # every setting is within it
+
+    result = check(task, splits, replace(fixed, per_module=True), tiny_models["cola"], tmp_path)
+
+    rows = [c.served.keep_fp32 for c in result.candidates]
+    assert rows == [kept, kept[1:], kept[:1], ()]  # as fixed; each module int8 alone; then both, the served one
+    assert result.chosen is not None
+    assert result.chosen.served.keep_fp32 == ()
+    assert result.as_dict()["chosen"] == result.as_dict()["candidates"][-1]
+    assert result.calibration is not None
+    assert result.batch_invariance is not None
+    without = check(task, splits, fixed, tiny_models["cola"], tmp_path)
+    assert [c.served.keep_fp32 for c in without.candidates] == [kept]  # off unless asked (or a student's run)

@@ -12,6 +12,8 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
+from handlers.text_classification import PADDING_SLACK
+
 
 def served_settings(model_dir: Path) -> Any:
     """The handler settings of the extracted archive (engine, quantization, threads), as its workers read them."""
@@ -25,7 +27,7 @@ def served_settings(model_dir: Path) -> Any:
 
 
 def _worker(
-    model_dir: str, texts: list[str], batch: int, seconds: float, offset: int, barrier: Barrier, out: Any
+    model_dir: str, texts: list[str], batch: int, seconds: float, offset: int, slack: float, barrier: Barrier, out: Any
 ) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     from handlers.text_classification import load, predict
@@ -33,29 +35,36 @@ def _worker(
     settings = served_settings(Path(model_dir))
     loaded = load(model_dir, settings=settings)
     for _ in range(3):  # warm-up
-        predict(loaded, texts[:batch], max_length=settings.max_length)
+        predict(loaded, texts[:batch], max_length=settings.max_length, slack=slack)
     barrier.wait()
     done, i = 0, offset
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         chunk = [texts[(i + k) % len(texts)] for k in range(batch)]
-        predict(loaded, chunk, max_length=settings.max_length)
+        predict(loaded, chunk, max_length=settings.max_length, slack=slack)
         done += batch
         i += batch
     out.put(done)
 
 
 def measure(
-    model_dir: Path, texts: list[str], *, batch: int = 8, processes: int | None = None, seconds: float = 10
+    model_dir: Path,
+    texts: list[str],
+    *,
+    batch: int = 8,
+    processes: int | None = None,
+    seconds: float = 10,
+    slack: float = PADDING_SLACK,
 ) -> float:
-    """Texts per second summed over ``processes`` (default: one per core) single-threaded processes."""
+    """Texts per second summed over ``processes`` (default: one per core) processes, each with the archive's own
+    threads (served: one); ``slack``: :func:`handlers.text_classification.predict`'s padding bound."""
     processes = processes or os.cpu_count() or 1
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(processes)
     out = ctx.Queue()
     step = max(1, len(texts) // processes)
     procs = [
-        ctx.Process(target=_worker, args=(str(model_dir), texts, batch, seconds, n * step, barrier, out))
+        ctx.Process(target=_worker, args=(str(model_dir), texts, batch, seconds, n * step, slack, barrier, out))
         for n in range(processes)
     ]
     for p in procs:

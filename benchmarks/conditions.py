@@ -39,8 +39,10 @@ def busy_processes() -> list[str]:
     """Other heavy work on the machine (training, test runs) that would distort the numbers."""
     me = os.getpid()
     found = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
         cmd = " ".join(p.info["cmdline"] or [])
+        if p.info["status"] == psutil.STATUS_STOPPED:  # paused (SIGSTOP) for the measurement: it takes no CPU
+            continue
         if p.info["pid"] != me and ("training.train" in cmd or "pytest" in cmd) and "pgrep" not in cmd:
             found.append(f"{p.info['pid']}: {cmd[:100]}")
     return found

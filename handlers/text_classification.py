@@ -235,14 +235,15 @@ def length_groups(lengths: Sequence[int], *, slack: float = PADDING_SLACK) -> li
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def predict(loaded: Loaded, texts: Sequence[str], *, max_length: int) -> torch.Tensor:
+def predict(loaded: Loaded, texts: Sequence[str], *, max_length: int, slack: float = PADDING_SLACK) -> torch.Tensor:
     """Probabilities, shape ``(len(texts), n_labels)``: one tokenizer call, then one forward per group of similar
-    length (:func:`length_groups`), each padded only to its own longest text; softmax at the archive's temperature."""
+    length (:func:`length_groups`), each padded only to its own longest text; softmax at the archive's temperature.
+    ``slack`` = inf pads the whole batch to its longest text in one forward (the lever benchmarks.levers measures)."""
     tokenizer = loaded.tokenizer
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
     columns = {key: encoded[key] for key in encoded if key in MODEL_INPUTS}
     probs = torch.empty(len(texts), len(loaded.labels))
-    for rows in length_groups([len(ids) for ids in columns["input_ids"]]):
+    for rows in length_groups([len(ids) for ids in columns["input_ids"]], slack=slack):
         # tokenizer.pad knows the pad id, the padding side and the token-type pad; it returns lists here because its
         # own tensor conversion flattens them in Python, several times slower (docs/performance.md, "Padding")
         padded = tokenizer.pad({key: [values[i] for i in rows] for key, values in columns.items()})

@@ -321,6 +321,25 @@ def per_module(
     return tried, chosen, probs
 
 
+def more_int8(
+    task: Task, val: Examples, served: Served, best_dir: Path, scratch: Path, *, max_drop: float, max_length: int
+) -> tuple[list[Scored], Scored]:
+    """:func:`per_module` from a setting already served (``benchmarks.levers``), scored against the fp32 model as
+    the check scores it: every row scored (``served`` first) and the setting it would serve instead."""
+    views = ServedViews(best_dir, scratch)
+
+    def probabilities(ex: Examples, candidate: Served) -> np.ndarray:
+        settings = candidate.settings(max_length=max_length, threads=1)
+        return served_probabilities(views(settings), ex, settings)
+
+    fp32_preds = probabilities(val, FP32).argmax(axis=1).tolist()
+    probs = probabilities(val, served)
+    start = score(Candidate(served), probs, val.labels, fp32_preds=fp32_preds, metric=task.metric)
+    cfg = CheckConfig(max_drop, served.engine, served.quantization, served.keep_fp32, max_length, 1, per_module=True)
+    tried, chosen, _ = per_module(start, probs, cfg, probabilities, val, fp32_preds, task.metric)
+    return [start, *tried], chosen
+
+
 def batch_invariance(model_dir: Path, ex: Examples, settings: Settings) -> BatchInvariance:
     """The largest change of any probability between a text sent alone and the same text in one batch with up to
     :data:`INVARIANCE_TEXTS` - 1 others of every length (the validation texts, shortest to longest)."""

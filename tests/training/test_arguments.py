@@ -15,7 +15,8 @@ FLAGS = {
     "--task", "--base-model", "--data-dir", "--output", "--model-store", "--version", "--epochs", "--schedule-epochs",
     "--batch-size",
     "--lr", "--weight-decay", "--warmup-ratio", "--seed", "--max-length", "--max-train-rows", "--max-eval-rows",
-    "--max-int8-drop", "--quantization", "--keep-fp32", "--engine", "--augment", "--no-group-by-length", "--int8-study", "--int8-per-module",
+    "--max-int8-drop", "--quantization", "--keep-fp32", "--engine", "--augment", "--no-group-by-length", "--int8-study",
+    "--int8-per-module",
     "--from-run", "--teacher-logits", "--distill-alpha", "--distill-temperature", "--student-of", "--student-layers",
     "--student-depth", "--hidden-loss-weight", "--log-every", "--precision",
 }  # fmt: skip

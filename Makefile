@@ -142,7 +142,7 @@ BATCHING_ARGS ?=
 bench-batching: venv java wrk  ## TorchServe direct on one archive, batch sizes x max batch delays under wrk -> docs/performance.md section 5 (`make serve` first)
 	$(PY) -m benchmarks.batching --model-store $(MODEL_STORE) --data-dir $(DATA_DIR) $(if $(BATCHING_ARCHIVE),--archive $(BATCHING_ARCHIVE)) --record docs/results/batching.json --doc docs/performance.md $(BATCHING_ARGS)
 
-bench-levers: venv  ## the cheaper levers (threads, max_length, padding, ONNX fusions, int8 per module) beside each default archive as served -> docs/performance.md section 9 (`make serve` first; ~35 min)
+bench-levers: venv  ## the cheaper levers (threads, max_length, padding, ONNX fusions, int8 per module) beside each default archive as served -> docs/performance.md section 9 (`make serve` first; about 30 min)
 	$(PY) -m benchmarks.levers --model-store $(MODEL_STORE) --data-dir $(DATA_DIR) --record docs/results/levers.json --doc docs/performance.md
 
 bench-shadow: venv java wrk  ## gateway /generate latency at 8 and 32 clients, shadow off vs 10% vs 100% (a copy of the default cola archive) -> docs/performance.md section 7
